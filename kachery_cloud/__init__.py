@@ -1,0 +1,82 @@
+"""kachery_cloud: share scientific data by content hash.
+
+``import kachery_cloud as kcl``; then ``uri = kcl.store_json_local({"a": 1})`` and ``kcl.load_json(uri)``.
+Everything public is listed in ``__all__``; every other module is an implementation detail.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidMutableKeyError,
+    InvalidURIError,
+    KacheryCloudError,
+    LocalFileError,
+    NotConnectedError,
+    NotFoundError,
+    SerializationError,
+    UnsafePickleError,
+)
+from .files import cat_file, link_file, load_bytes, load_file, load_file_info, store_file_local
+from .mutables import delete_mutable_folder_local, delete_mutable_local, get_mutable_local, set_mutable_local
+from .objects import (
+    load_json,
+    load_npy,
+    load_pkl,
+    load_text,
+    store_json_local,
+    store_npy_local,
+    store_pkl_local,
+    store_text_local,
+)
+
+
+def get_kachery_cloud_dir() -> str:
+    """The client directory in use: ``$KACHERY_CLOUD_DIR`` or ``~/.kachery-cloud``."""
+    from .config import kachery_cloud_dir
+
+    return str(kachery_cloud_dir())
+
+
+try:
+    __version__ = version("kachery-cloud")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ConfigError",
+    "IntegrityError",
+    "InvalidArgumentError",
+    "InvalidMutableKeyError",
+    "InvalidURIError",
+    "KacheryCloudError",
+    "LocalFileError",
+    "NotConnectedError",
+    "NotFoundError",
+    "SerializationError",
+    "UnsafePickleError",
+    "__version__",
+    "cat_file",
+    "delete_mutable_folder_local",
+    "delete_mutable_local",
+    "get_kachery_cloud_dir",
+    "get_mutable_local",
+    "link_file",
+    "load_bytes",
+    "load_file",
+    "load_file_info",
+    "load_json",
+    "load_npy",
+    "load_pkl",
+    "load_text",
+    "set_mutable_local",
+    "store_file_local",
+    "store_json_local",
+    "store_npy_local",
+    "store_pkl_local",
+    "store_text_local",
+]

@@ -1,0 +1,138 @@
+"""Layer 1: where the client keeps its data and how it is configured. The only module that reads the
+environment or ``config.yaml``.
+
+Everything is read at call time, never at import, so tests and long-running notebooks can change the
+environment and see the change. Precedence: environment variable, then ``$KACHERY_CLOUD_DIR/config.yaml``,
+then the default.
+
+| variable                  | config.yaml key | default            |
+|---------------------------|-----------------|--------------------|
+| KACHERY_CLOUD_DIR         | (the directory) | ~/.kachery-cloud   |
+| KACHERY_CLOUD_API_URL     | api_url         | none               |
+| KACHERY_CLOUD_PROJECT     | project         | none               |
+| KACHERY_CLOUD_MULTIUSER   | multiuser       | false              |
+| KACHERY_CLOUD_EPHEMERAL   | -               | false              |
+| KACHERY_CLOUD_QUIET       | -               | false              |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_DIR = "KACHERY_CLOUD_DIR"
+ENV_API_URL = "KACHERY_CLOUD_API_URL"
+ENV_PROJECT = "KACHERY_CLOUD_PROJECT"
+ENV_MULTIUSER = "KACHERY_CLOUD_MULTIUSER"
+ENV_EPHEMERAL = "KACHERY_CLOUD_EPHEMERAL"
+ENV_QUIET = "KACHERY_CLOUD_QUIET"
+
+CONFIG_FILE_NAME = "config.yaml"
+DEFAULT_DIR = "~/.kachery-cloud"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """The effective configuration of this process, environment applied."""
+
+    dir: Path
+    api_url: str | None
+    project: str | None
+    multiuser: bool
+    ephemeral: bool
+    quiet: bool
+
+
+def kachery_cloud_dir() -> Path:
+    """The client directory: ``$KACHERY_CLOUD_DIR`` or ``~/.kachery-cloud``, as an absolute path."""
+    raw = os.environ.get(ENV_DIR) or DEFAULT_DIR
+    return Path(os.path.abspath(os.path.expanduser(raw)))
+
+
+def load_config() -> ClientConfig:
+    """Read the configuration now (environment over ``config.yaml`` over defaults)."""
+    directory = kachery_cloud_dir()
+    file_values = _read_config_file(directory / CONFIG_FILE_NAME)
+    return ClientConfig(
+        dir=directory,
+        api_url=_env_str(ENV_API_URL) or file_values.get("api_url"),
+        project=_env_str(ENV_PROJECT) or file_values.get("project"),
+        multiuser=_env_bool(ENV_MULTIUSER, default=file_values.get("multiuser", False)),
+        ephemeral=_env_bool(ENV_EPHEMERAL, default=False),
+        quiet=_env_bool(ENV_QUIET, default=False),
+    )
+
+
+def _env_str(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _env_bool(name: str, *, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"environment variable {name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
+
+
+# Parsing config.yaml on every call would cost more than the operations it configures, so the parsed
+# content is reused while the file's size and mtime are unchanged.
+_file_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+_KEY_TYPES: dict[str, type] = {"api_url": str, "project": str, "multiuser": bool}
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    stamp = (st.st_size, st.st_mtime_ns)
+    cached = _file_cache.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    values = _parse_config_text(path)
+    _file_cache[path] = (stamp, values)
+    return values
+
+
+def _parse_config_text(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must contain a mapping of settings, not {type(data).__name__}")
+    values: dict[str, Any] = {}
+    for key, expected in _KEY_TYPES.items():
+        if key not in data or data[key] is None:
+            continue
+        value = data[key]
+        if not isinstance(value, expected):
+            raise ConfigError(
+                f"{path}: '{key}' must be a {expected.__name__}, got {type(value).__name__} ({value!r})"
+            )
+        values[key] = value
+    # Keys this version does not know are left alone: newer clients may share the same directory.
+    return values

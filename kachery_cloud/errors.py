@@ -1,0 +1,63 @@
+"""The exception tree of kachery_cloud. Imports nothing from the package, so every layer may use it.
+
+    KacheryCloudError
+    ├── ConfigError                  bad config.yaml or environment variable
+    ├── InvalidArgumentError         (ValueError) a parameter the caller got wrong
+    │   ├── InvalidURIError          a malformed or unsupported URI
+    │   └── InvalidMutableKeyError   a key outside the mutable key grammar
+    ├── SerializationError           (TypeError) an object that cannot be stored as JSON / npy / pkl
+    │   └── UnsafePickleError        a pickle that would import something outside the allow-list
+    ├── LocalFileError               (OSError) a source or destination file we cannot use
+    ├── NotFoundError                (FileNotFoundError) content that is not available
+    ├── IntegrityError               bytes whose SHA-1 is not the one they were stored under
+    └── NotConnectedError            an operation that needs an API server, and none is configured
+
+Each class also derives from the builtin a generic ``except`` clause would use, so callers who catch
+``ValueError`` or ``FileNotFoundError`` keep working.
+"""
+
+from __future__ import annotations
+
+
+class KacheryCloudError(Exception):
+    """Root of every error raised on purpose by kachery_cloud."""
+
+
+class ConfigError(KacheryCloudError):
+    """The configuration (config.yaml or an environment variable) is invalid."""
+
+
+class InvalidArgumentError(KacheryCloudError, ValueError):
+    """A parameter has a wrong value or type."""
+
+
+class InvalidURIError(InvalidArgumentError):
+    """A URI is malformed or uses an unsupported scheme."""
+
+
+class InvalidMutableKeyError(InvalidArgumentError):
+    """A mutable key does not follow the key grammar."""
+
+
+class SerializationError(KacheryCloudError, TypeError):
+    """An object cannot be serialized (or deserialized) in the requested format."""
+
+
+class UnsafePickleError(SerializationError):
+    """A pickle refers to a global outside the allow-list and was refused."""
+
+
+class LocalFileError(KacheryCloudError, OSError):
+    """A local file given by the caller is missing, not a regular file, or cannot be read or written."""
+
+
+class NotFoundError(KacheryCloudError, FileNotFoundError):
+    """The requested content is not available."""
+
+
+class IntegrityError(KacheryCloudError):
+    """Bytes do not have the SHA-1 they are supposed to have."""
+
+
+class NotConnectedError(KacheryCloudError):
+    """The operation needs an API server and this client is not connected to one."""

@@ -1,0 +1,206 @@
+"""Layer 7: storing and loading files by content hash (local part; the API server comes later)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from ._context import local_directory
+from ._progress import progress_bar
+from .config import ClientConfig, load_config
+from .errors import InvalidArgumentError, LocalFileError, NotConnectedError, NotFoundError
+from .local import LocalDirectory
+from .local.blobs import copy_file_into
+from .local.fs import Permissions, atomic_write
+from .local.hash_memo import FileFingerprint
+from .uri import format_uri, parse_uri
+
+StrPath = str | os.PathLike[str]
+
+
+def store_file_local(filename: StrPath, label: str | None = None) -> str:
+    """Copy a file into the local store and return its URI (``sha1://<hash>?label=<label>``).
+
+    Storing a file that is unchanged since it was last stored or linked reads nothing (hash memo).
+    """
+    path, st = _regular_file(filename)
+    local = local_directory()
+    sha1 = _hash_file(local, path, st)
+    with progress_bar(st.st_size, f"storing {path.name}") as bar:
+        local.blobs.put(sha1, copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
+    return format_uri(sha1, label)
+
+
+def link_file(filename: StrPath, label: str | None = None) -> str:
+    """Make a file loadable by its URI without copying it; the file must not change afterwards.
+
+    The path, size and modification time are recorded. If the file changes later, a load hashes it again
+    and refuses it when the content no longer matches.
+    """
+    path, st = _regular_file(filename)
+    local = local_directory()
+    sha1 = _hash_file(local, path, st)
+    local.linked_files.record(sha1, path, FileFingerprint.of(st))
+    return format_uri(sha1, label)
+
+
+def load_file(uri: str, local_only: bool = False, dest: StrPath | None = None) -> str | None:
+    """The local path of the content ``uri`` names, or ``None`` if it is not available.
+
+    With ``dest``, the content is copied there (atomically) and ``dest`` is returned.
+    """
+    sha1 = parse_uri(uri).sha1
+    config = load_config()
+    found = _find_local(local_directory(config), sha1)
+    if found is None:
+        if local_only:
+            return None
+        _need_server(uri, config)
+    path = found[0]
+    if dest is not None:
+        return _copy_to(path, Path(dest))
+    return str(path)
+
+
+def load_file_info(uri: str, local_only: bool = False) -> dict[str, Any] | None:
+    """Size and location of the content ``uri`` names, or ``None`` if it is not available."""
+    parsed = parse_uri(uri)
+    config = load_config()
+    found = _find_local(local_directory(config), parsed.sha1)
+    if found is None:
+        if local_only:
+            return None
+        _need_server(uri, config)
+    path, linked = found
+    return {
+        "uri": str(parsed),
+        "sha1": parsed.sha1,
+        "size": path.stat().st_size,
+        "local_path": str(path),
+        "linked": linked,
+    }
+
+
+def load_bytes(
+    uri: str, start: int | None = None, end: int | None = None, *, local_only: bool = False,
+    write_to_stdout: bool = False,
+) -> bytes | None:
+    """Bytes ``start`` (inclusive) to ``end`` (exclusive) of the content, reading only that range.
+
+    ``None`` bounds mean the start and the end of the content. With ``write_to_stdout`` the bytes go to
+    standard output and ``None`` is returned.
+    """
+    path = _require_path(uri, local_only)
+    size = path.stat().st_size
+    start, end = _check_range(start, end, size)
+    with open(path, "rb") as f:
+        f.seek(start)
+        if not write_to_stdout:
+            return f.read(end - start)
+        _copy_range_to_stdout(f, end - start)
+        return None
+
+
+def cat_file(uri: str, local_only: bool = False) -> None:
+    """Write the content ``uri`` names to standard output."""
+    path = _require_path(uri, local_only)
+    with open(path, "rb") as f:
+        _copy_range_to_stdout(f, path.stat().st_size)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _regular_file(filename: StrPath) -> tuple[Path, os.stat_result]:
+    if not isinstance(filename, (str, os.PathLike)):
+        raise InvalidArgumentError(f"a file name must be a str or path, not {type(filename).__name__}")
+    path = Path(os.path.abspath(filename))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise LocalFileError(f"no such file: {filename}") from None
+    except OSError as e:
+        raise LocalFileError(f"cannot access {filename}: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise LocalFileError(f"{filename} is a directory; only regular files can be stored")
+    if not stat.S_ISREG(st.st_mode):
+        raise LocalFileError(f"{filename} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise LocalFileError(f"cannot read {filename}: permission denied")
+    return path, st
+
+
+def _hash_file(local: LocalDirectory, path: Path, st: os.stat_result) -> str:
+    with progress_bar(st.st_size, f"hashing {path.name}") as bar:
+        return local.hash_memo.hash_file(path, st, bar.update)
+
+
+def _find_local(local: LocalDirectory, sha1: str) -> tuple[Path, bool] | None:
+    """The local path of ``sha1`` and whether it is a linked file."""
+    path = local.blobs.find(sha1)
+    if path is not None:
+        return path, False
+
+    def rehash(linked_path: Path) -> str:
+        return _hash_file(local, linked_path, os.stat(linked_path))
+
+    linked = local.linked_files.resolve(sha1, rehash)
+    return (linked, True) if linked is not None else None
+
+
+def _require_path(uri: str, local_only: bool) -> Path:
+    found = load_file(uri, local_only=local_only)
+    if found is None:
+        raise NotFoundError(f"{uri} is not in the local store ({load_config().dir})")
+    return Path(found)
+
+
+def _need_server(uri: str, config: ClientConfig) -> NoReturn:
+    if config.api_url is None:
+        raise NotConnectedError(
+            f"{uri} is not in the local store ({config.dir}) and no API server is configured "
+            "(api_url in config.yaml); to look only locally use local_only=True (CLI: --local-only)"
+        )
+    raise NotConnectedError(
+        f"{uri} is not in the local store ({config.dir}); loading from the API server {config.api_url} "
+        "is not supported by this version of kachery-cloud yet"
+    )
+
+
+def _copy_to(source: Path, dest: Path) -> str:
+    if dest.is_dir():
+        raise LocalFileError(f"dest {dest} is a directory; give the path of the file to write")
+    if not dest.parent.is_dir():
+        raise LocalFileError(f"cannot write {dest}: directory {dest.parent} does not exist")
+    try:
+        with atomic_write(dest, Permissions(multiuser=False), durable=False) as out:
+            copy_file_into(source)(out)
+    except PermissionError as e:
+        raise LocalFileError(f"cannot write {dest}: {e.strerror}") from None
+    return str(dest)
+
+
+def _check_range(start: int | None, end: int | None, size: int) -> tuple[int, int]:
+    start = 0 if start is None else start
+    end = size if end is None else end
+    for name, value in (("start", start), ("end", end)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InvalidArgumentError(f"{name} must be an int or None, not {type(value).__name__}")
+    if not 0 <= start <= end <= size:
+        raise InvalidArgumentError(f"invalid byte range {start}..{end} for content of size {size}")
+    return start, end
+
+
+def _copy_range_to_stdout(f: Any, length: int) -> None:
+    out = sys.stdout.buffer
+    remaining = length
+    while remaining > 0:
+        chunk = f.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        out.write(chunk)
+        remaining -= len(chunk)
+    out.flush()

@@ -1,0 +1,106 @@
+"""Layer 3: content-addressed blobs at ``sha1/aa/bb/cc/<sha1>``.
+
+Invariant: a file at ``blob_path(h)`` always has SHA-1 ``h``. :meth:`BlobStore.put` hashes the bytes while
+writing them to a temp file beside the final path and renames only if the hash matches. Correctness never
+depends on a lock; the per-blob file lock only stops two processes from writing the same large blob at
+the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from filelock import FileLock, Timeout
+
+from ..errors import IntegrityError
+from ..hashing import HashingWriter, ProgressCallback
+from .fs import Permissions, atomic_write, remove_stale_temp_files
+
+# Below this size writing twice costs less than taking a lock.
+LOCK_MIN_BYTES = 8 << 20
+# A lock is only an optimization: after this long, write anyway.
+LOCK_TIMEOUT_SECONDS = 600.0
+
+Writer = Callable[[BinaryIO], None]
+
+
+class BlobStore:
+    """Blobs under ``directory`` (``<KACHERY_CLOUD_DIR>/sha1``); locks under ``lock_directory``."""
+
+    def __init__(self, directory: Path, lock_directory: Path, perms: Permissions) -> None:
+        self.directory = directory
+        self.lock_directory = lock_directory
+        self.perms = perms
+
+    def path(self, sha1: str) -> Path:
+        """Where the blob with hash ``sha1`` lives (whether or not it exists)."""
+        return self.directory / sha1[0:2] / sha1[2:4] / sha1[4:6] / sha1
+
+    def find(self, sha1: str) -> Path | None:
+        """The blob's path if it is stored here."""
+        path = self.path(sha1)
+        return path if path.is_file() else None
+
+    def put(
+        self, sha1: str, write: Writer, *, size_hint: int = 0, on_progress: ProgressCallback | None = None
+    ) -> Path:
+        """Store the bytes that ``write(stream)`` produces under ``sha1`` unless they are stored already.
+
+        Raises :class:`IntegrityError` (and stores nothing) if the bytes do not hash to ``sha1``.
+        """
+        target = self.path(sha1)
+        if target.is_file():
+            return target
+        with self._lock(sha1, size_hint):
+            if target.is_file():  # written by whoever held the lock before us
+                return target
+            remove_stale_temp_files(target.parent)
+            with atomic_write(target, self.perms, read_only=True, durable=True, overwrite=False) as f:
+                hashing = HashingWriter(f, on_progress)
+                write(hashing)  # type: ignore[arg-type]
+                actual = hashing.hexdigest()
+                if actual != sha1:
+                    raise IntegrityError(f"content was expected to have SHA-1 {sha1} but has {actual}")
+        return target
+
+    @contextlib.contextmanager
+    def _lock(self, sha1: str, size_hint: int) -> Iterator[None]:
+        if size_hint < LOCK_MIN_BYTES:
+            yield
+            return
+        self.perms.make_dirs(self.lock_directory)
+        lock = FileLock(self.lock_directory / f"{sha1}.lock", mode=0o664 if self.perms.multiuser else 0o644)
+        try:
+            lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
+        except (Timeout, OSError):
+            yield  # correctness does not depend on the lock
+            return
+        try:
+            yield
+        finally:
+            lock.release()
+
+
+def copy_file_into(source: Path) -> Writer:
+    """A writer for :meth:`BlobStore.put` that copies ``source`` in 1 MiB chunks."""
+
+    def write(out: BinaryIO) -> None:
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        with open(source, "rb") as f:
+            while n := f.readinto(view):
+                out.write(view[:n])
+
+    return write
+
+
+def remove_blob_temp_files(store: BlobStore) -> int:
+    """Sweep the whole blob tree for leftovers of killed writers (slow on big stores; for maintenance)."""
+    removed = 0
+    for dirpath, _dirnames, _filenames in os.walk(store.directory):
+        removed += remove_stale_temp_files(Path(dirpath))
+    return removed

@@ -1,0 +1,175 @@
+"""Layer 3: how the client directory is written: permissions, atomic writes, leftovers of killed writers.
+
+Atomic writes: content goes to ``.<name>.<random>.part`` in the target's own directory and is renamed into
+place once complete (after fsync when the caller asks for durability), so a reader sees the old file, the
+new file, or nothing; never a partial one. A writer holds a ``flock`` on its temp file until the rename.
+The kernel drops that lock when the process dies, even by ``kill -9``, which is how
+:func:`remove_stale_temp_files` tells a dead writer's leftover from a live writer's work in progress.
+
+Multiuser mode (a lab sharing one directory): whatever each user's umask, new directories get the owner's
+permission bits mirrored to the group plus setgid (so everything below inherits the group), and new files
+get the owner's read/write bits mirrored to the group. Blobs stay read-only for everyone. What "others"
+get is still decided by the umask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+TEMP_SUFFIX = ".part"
+# A temp file that nobody holds a lock on, but is empty and this young, may belong to a writer that has
+# created it and not yet taken its lock: leave it alone.
+_FRESH_EMPTY_TEMP_SECONDS = 60.0
+# Where locks are unsupported (some network filesystems), only age tells a leftover apart.
+_UNLOCKABLE_TEMP_MAX_AGE_SECONDS = 24 * 3600.0
+
+
+class Permissions:
+    """Creates directories and finishes new files, private to the user or shared with the group."""
+
+    def __init__(self, multiuser: bool) -> None:
+        self.multiuser = multiuser
+
+    def make_dirs(self, path: Path) -> None:
+        """Create ``path`` and any missing parents; in multiuser mode each one group-shared with setgid."""
+        if path.is_dir():
+            return
+        if not self.multiuser:
+            os.makedirs(path, exist_ok=True)
+            return
+        self.make_dirs(path.parent)
+        # Build the directory under a temporary name and rename it into place, so that no other user ever
+        # sees it before its permissions are right (a plain mkdir would be private until the chmod).
+        staging = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        os.mkdir(staging)
+        try:
+            self._share_dir(staging, path.parent)
+            os.rename(staging, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.rmdir(staging)
+            if not (e.errno in (errno.EEXIST, errno.ENOTEMPTY) and path.is_dir()):
+                raise
+
+    def finish_new_file(self, fd: int, directory: Path) -> None:
+        """Give a file this process just created the group permissions multiuser mode requires."""
+        if not self.multiuser:
+            return
+        st = os.fstat(fd)
+        group = directory.stat().st_gid
+        if st.st_gid != group:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, -1, group)
+        mode = stat.S_IMODE(st.st_mode)
+        os.fchmod(fd, mode | ((mode & 0o600) >> 3))
+
+    def _share_dir(self, path: Path, parent: Path) -> None:
+        st = path.stat()
+        group = parent.stat().st_gid
+        if st.st_gid != group:
+            with contextlib.suppress(PermissionError):
+                os.chown(path, -1, group)
+        mode = stat.S_IMODE(st.st_mode)
+        os.chmod(path, mode | ((mode & 0o700) >> 3) | stat.S_ISGID)
+
+
+def temp_path_for(target: Path) -> Path:
+    """A unique temporary name beside ``target`` (same directory, so the final rename is atomic)."""
+    return target.parent / f".{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+@contextlib.contextmanager
+def atomic_write(
+    target: Path,
+    perms: Permissions,
+    *,
+    read_only: bool = False,
+    durable: bool = True,
+    overwrite: bool = True,
+) -> Iterator[BinaryIO]:
+    """Yield a binary file whose content replaces ``target`` only if the ``with`` block completes.
+
+    ``read_only`` creates the file without write permission (blobs). ``durable`` fsyncs the data before the
+    rename so that a power loss cannot leave a short file under the final name. With ``overwrite=False`` an
+    existing ``target`` is kept and the new content discarded (content-addressed files are identical).
+    """
+    perms.make_dirs(target.parent)
+    temp = temp_path_for(target)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444 if read_only else 0o666)
+    try:
+        _try_lock(fd, shared=False)
+        perms.finish_new_file(fd, target.parent)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            yield f
+        if durable:
+            os.fsync(fd)
+        if not overwrite and target.exists():
+            os.unlink(temp)
+        else:
+            os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    finally:
+        os.close(fd)  # releases the lock, after the rename
+
+
+def remove_stale_temp_files(directory: Path) -> int:
+    """Delete temp files in ``directory`` whose writer has died; return how many were removed."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith(".") and name.endswith(TEMP_SUFFIX) and _remove_if_abandoned(directory / name):
+            removed += 1
+    return removed
+
+
+def _remove_if_abandoned(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False  # gone already, a directory being built, or not ours to read
+    try:
+        st = os.fstat(fd)
+        age = time.time() - st.st_mtime
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        locked = _try_lock(fd, shared=True)
+        if locked is False:
+            return False  # a live writer holds it
+        if locked is None and age < _UNLOCKABLE_TEMP_MAX_AGE_SECONDS:
+            return False
+        if st.st_size == 0 and age < _FRESH_EMPTY_TEMP_SECONDS:
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int, *, shared: bool) -> bool | None:
+    """Non-blocking flock: True if taken, False if someone else holds it, None if locks are unsupported."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EINVAL):
+            return None
+        raise

@@ -1,0 +1,86 @@
+"""Layer 3: remembers the SHA-1 of local files so that storing an unchanged file again reads nothing.
+
+An entry is keyed by the file's (device, inode, size, mtime_ns) and also records ctime_ns, which the kernel
+updates on every write and which no tool can set back: a file rewritten in place with the same size and a
+restored mtime (``cp -p``, ``touch -d``) is hashed again. Entries live at ``hash_memo/<kk>/<key>`` as small
+JSON files written atomically; a missing or unreadable entry just means hashing the file again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import LocalFileError
+from ..hashing import ProgressCallback, sha1_of_file
+from .fs import Permissions, atomic_write
+
+# Hashing a file smaller than this is cheaper than reading and writing a memo entry for it.
+MEMO_MIN_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileFingerprint:
+    """What identifies one version of a file without reading it."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileFingerprint:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class HashMemo:
+    """SHA-1 memo entries under ``directory``."""
+
+    def __init__(self, directory: Path, perms: Permissions) -> None:
+        self.directory = directory
+        self.perms = perms
+
+    def get(self, fingerprint: FileFingerprint) -> str | None:
+        """The remembered SHA-1 of the file version ``fingerprint``, if any."""
+        if fingerprint.size < MEMO_MIN_BYTES:
+            return None
+        try:
+            record = json.loads(self._entry_path(fingerprint).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("fingerprint") != asdict(fingerprint):
+            return None
+        sha1 = record.get("sha1")
+        return sha1 if isinstance(sha1, str) else None
+
+    def put(self, fingerprint: FileFingerprint, sha1: str, path: Path) -> None:
+        """Remember that the file version ``fingerprint`` (last seen at ``path``) has SHA-1 ``sha1``."""
+        if fingerprint.size < MEMO_MIN_BYTES:
+            return
+        record = {"sha1": sha1, "fingerprint": asdict(fingerprint), "path": str(path)}
+        # Not fsynced: an entry lost or torn by a power failure is unreadable JSON, which means "hash again".
+        with atomic_write(self._entry_path(fingerprint), self.perms, durable=False) as f:
+            f.write(json.dumps(record).encode("utf-8"))
+
+    def hash_file(self, path: Path, st: os.stat_result, on_progress: ProgressCallback | None = None) -> str:
+        """SHA-1 of the regular file ``path`` whose current stat is ``st``, from the memo when possible.
+
+        Raises :class:`LocalFileError` if the file changes while it is being read.
+        """
+        before = FileFingerprint.of(st)
+        remembered = self.get(before)
+        if remembered is not None:
+            return remembered
+        sha1 = sha1_of_file(path, on_progress)
+        if FileFingerprint.of(os.stat(path)) != before:
+            raise LocalFileError(f"{path} changed while it was being read; try again once it is complete")
+        self.put(before, sha1, path)
+        return sha1
+
+    def _entry_path(self, fp: FileFingerprint) -> Path:
+        key = hashlib.sha1(f"{fp.dev}:{fp.ino}:{fp.size}:{fp.mtime_ns}".encode()).hexdigest()
+        return self.directory / key[:2] / key

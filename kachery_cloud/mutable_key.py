@@ -1,0 +1,72 @@
+"""Layer 2: the grammar of mutable keys, shared by local and (later) cloud mutables.
+
+A key is ``/``-separated segments: every segment but the last names a folder and starts with ``@``, the
+last names the value and does not. ``@lab/@exp1/latest`` is a key, ``@lab/@exp1`` a folder key. Because
+folders and values can never share a name, a value and a folder never collide on disk or in a database.
+Segments may not be empty, ``.`` or ``..``, start with ``.`` (reserved for temporary files), contain NUL
+or control characters, or exceed 255 bytes of UTF-8.
+"""
+
+from __future__ import annotations
+
+from .errors import InvalidMutableKeyError
+
+_MAX_SEGMENT_BYTES = 255
+
+
+def validate_mutable_key(key: str) -> list[str]:
+    """Check ``key`` and return its segments; raise :class:`InvalidMutableKeyError` saying what is wrong."""
+    segments = _segments(key, what="mutable key")
+    for segment in segments[:-1]:
+        if not segment.startswith("@"):
+            suggestion = "/".join(s if s.startswith("@") else "@" + s for s in segments[:-1]) + "/" + segments[-1]
+            raise InvalidMutableKeyError(
+                f"invalid mutable key {key!r}: folder segment {segment!r} must start with '@' "
+                f"(for example {suggestion!r})"
+            )
+    if segments[-1].startswith("@"):
+        raise InvalidMutableKeyError(
+            f"invalid mutable key {key!r}: the last segment {segments[-1]!r} names a value and must not start "
+            "with '@' (a key ending in an '@' segment is a folder)"
+        )
+    return segments
+
+
+def validate_folder_key(key: str) -> list[str]:
+    """Check a folder key (every segment starts with ``@``) and return its segments."""
+    segments = _segments(key, what="mutable folder key")
+    for segment in segments:
+        if not segment.startswith("@"):
+            raise InvalidMutableKeyError(
+                f"invalid mutable folder key {key!r}: every segment must start with '@', {segment!r} does not"
+            )
+    return segments
+
+
+def _segments(key: str, *, what: str) -> list[str]:
+    if not isinstance(key, str):
+        raise InvalidMutableKeyError(f"a {what} must be a str, not {type(key).__name__}")
+    if not key:
+        raise InvalidMutableKeyError(f"a {what} must not be empty")
+    segments = key.split("/")
+    for segment in segments:
+        problem = _segment_problem(segment)
+        if problem:
+            raise InvalidMutableKeyError(f"invalid {what} {key!r}: {problem}")
+    return segments
+
+
+def _segment_problem(segment: str) -> str | None:
+    if segment == "":
+        return "empty segment (leading, trailing or doubled '/')"
+    if segment in (".", ".."):
+        return f"segment {segment!r} is not allowed"
+    if segment.startswith("."):
+        return f"segment {segment!r} starts with '.', which is reserved"
+    if segment == "@":
+        return "a folder segment needs a name after '@'"
+    if any(ord(c) < 32 or ord(c) == 127 for c in segment):
+        return f"segment {segment!r} contains a control character"
+    if len(segment.encode("utf-8")) > _MAX_SEGMENT_BYTES:
+        return f"segment {segment[:20]!r}... is longer than {_MAX_SEGMENT_BYTES} bytes"
+    return None

@@ -1,0 +1,99 @@
+"""Layer 7: storing and loading Python objects (text, JSON, NumPy arrays, pickles) by content hash.
+
+Each object is serialized twice when stored: once into a hashing sink to learn its URI (and skip the
+write if the content is already stored), once into the store, which hashes again and refuses to keep
+bytes that differ. This keeps memory flat for large arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from ._context import local_directory
+from .errors import SerializationError
+from .files import load_file
+from .hashing import HashingWriter
+from .serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
+from .uri import format_uri
+
+
+def store_text_local(text: str, label: str | None = None) -> str:
+    """Store ``text`` (as UTF-8) in the local store and return its URI."""
+    if not isinstance(text, str):
+        raise SerializationError(f"store_text needs a str, not {type(text).__name__}")
+    return _store_bytes_local(text.encode("utf-8"), label)
+
+
+def store_json_local(x: Any, label: str | None = None) -> str:
+    """Store ``x`` as canonical JSON in the local store and return its URI."""
+    return _store_bytes_local(canonical_json_bytes(x), label)
+
+
+def store_npy_local(array: Any, label: str | None = None) -> str:
+    """Store ``array`` in .npy format (no pickled objects) in the local store and return its URI."""
+    return _store_serialized_local(lambda f: write_npy(array, f), label)
+
+
+def store_pkl_local(x: Any, label: str | None = None) -> str:
+    """Store ``x`` (plain containers, scalars, NumPy arrays) as a pickle in the local store."""
+    return _store_serialized_local(lambda f: write_pickle(x, f), label)
+
+
+def load_text(uri: str, local_only: bool = False) -> str | None:
+    """The content ``uri`` names, decoded as UTF-8; ``None`` if not available."""
+    data = _load_bytes_of(uri, local_only)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SerializationError(f"{uri} is not UTF-8 text: {e}") from None
+
+
+def load_json(uri: str, local_only: bool = False) -> Any:
+    """The JSON value stored at ``uri``; ``None`` if not available."""
+    data = _load_bytes_of(uri, local_only)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise SerializationError(f"{uri} is not JSON: {e}") from None
+
+
+def load_npy(uri: str, local_only: bool = False) -> Any:
+    """The NumPy array stored at ``uri`` (never unpickling); ``None`` if not available."""
+    path = load_file(uri, local_only=local_only)
+    return None if path is None else read_npy(path)
+
+
+def load_pkl(uri: str, local_only: bool = False) -> Any:
+    """The object pickled at ``uri``, loaded with a restricted unpickler; ``None`` if not available."""
+    path = load_file(uri, local_only=local_only)
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return read_pickle(f)
+
+
+def _load_bytes_of(uri: str, local_only: bool) -> bytes | None:
+    path = load_file(uri, local_only=local_only)
+    return None if path is None else Path(path).read_bytes()
+
+
+def _store_bytes_local(data: bytes, label: str | None) -> str:
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    return _store_serialized_local(write, label)
+
+
+def _store_serialized_local(write: Callable[[BinaryIO], None], label: str | None) -> str:
+    sink = HashingWriter()
+    write(sink)  # type: ignore[arg-type]
+    sha1 = sink.hexdigest()
+    local_directory().blobs.put(sha1, write, size_hint=sink.bytes_written)
+    return format_uri(sha1, label)
