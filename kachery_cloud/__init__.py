@@ -4,9 +4,8 @@
 Everything public is listed in ``__all__``; every other module is an implementation detail.
 """
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from .errors import (
     ConfigError,
@@ -43,8 +42,8 @@ def get_kachery_cloud_dir() -> str:
 
 
 try:
-    __version__ = version("kachery-cloud")
-except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = _version("kachery-cloud")
+except _PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
 __all__ = [

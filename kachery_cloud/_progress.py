@@ -31,8 +31,13 @@ class ProgressBar:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=self.total, desc=self.description, unit="B", unit_scale=True, unit_divisor=1024,
-                leave=False, disable=None,
+                total=self.total,
+                desc=self.description,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                leave=False,
+                disable=None,
             )
         self._bar.update(n)
 
@@ -44,8 +49,9 @@ class ProgressBar:
     def __enter__(self) -> ProgressBar:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -130,9 +130,7 @@ def _parse_config_text(path: Path) -> dict[str, Any]:
             continue
         value = data[key]
         if not isinstance(value, expected):
-            raise ConfigError(
-                f"{path}: '{key}' must be a {expected.__name__}, got {type(value).__name__} ({value!r})"
-            )
+            raise ConfigError(f"{path}: '{key}' must be a {expected.__name__}, got {type(value).__name__} ({value!r})")
         values[key] = value
     # Keys this version does not know are left alone: newer clients may share the same directory.
     return values

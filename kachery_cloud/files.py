@@ -85,7 +85,11 @@ def load_file_info(uri: str, local_only: bool = False) -> dict[str, Any] | None:
 
 
 def load_bytes(
-    uri: str, start: int | None = None, end: int | None = None, *, local_only: bool = False,
+    uri: str,
+    start: int | None = None,
+    end: int | None = None,
+    *,
+    local_only: bool = False,
     write_to_stdout: bool = False,
 ) -> bytes | None:
     """Bytes ``start`` (inclusive) to ``end`` (exclusive) of the content, reading only that range.

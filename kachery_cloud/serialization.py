@@ -27,9 +27,9 @@ PICKLE_PROTOCOL = 4
 def canonical_json_bytes(value: Any) -> bytes:
     """Canonical JSON of ``value`` as ASCII bytes; raises :class:`SerializationError` for what JSON cannot hold."""
     normalized = _normalize_json(value, "$", set())
-    return json.dumps(
-        normalized, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    return json.dumps(normalized, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
+        "ascii"
+    )
 
 
 def _normalize_json(x: Any, where: str, active: set[int]) -> Any:
@@ -117,9 +117,7 @@ def read_npy(stream: BinaryIO | str) -> Any:
 
 # -------------------------------------------------------------------------------------------- pickle
 
-_PLAIN_TYPES: frozenset[type] = frozenset(
-    {type(None), bool, int, float, complex, str, bytes, bytearray, range, slice}
-)
+_PLAIN_TYPES: frozenset[type] = frozenset({type(None), bool, int, float, complex, str, bytes, bytearray, range, slice})
 _CONTAINER_TYPES: frozenset[type] = frozenset({list, tuple, dict, set, frozenset})
 
 
@@ -170,8 +168,10 @@ def _check_numpy_picklable(x: Any, where: str) -> None:
         if isinstance(x, np.generic) and x.dtype.hasobject:
             raise SerializationError(f"{where}: NumPy object scalars cannot be stored with store_pkl")
         return
-    raise SerializationError(f"{where}: objects of type {type(x).__module__}.{type(x).__qualname__} "
-                             "cannot be stored with store_pkl (only plain ndarray and NumPy scalars)")
+    raise SerializationError(
+        f"{where}: objects of type {type(x).__module__}.{type(x).__qualname__} "
+        "cannot be stored with store_pkl (only plain ndarray and NumPy scalars)"
+    )
 
 
 # The only globals a stored pickle may name. numpy moved numpy.core to numpy._core in 2.0; both spellings
@@ -185,12 +185,6 @@ _ALLOWED_GLOBALS: dict[str, frozenset[str]] = {
     "numpy.core.numeric": frozenset({"_frombuffer"}),  # protocol 5 arrays
     "numpy._core.numeric": frozenset({"_frombuffer"}),
 }
-_NUMPY_CORE_ALIASES = {
-    "numpy.core.multiarray": "numpy._core.multiarray",
-    "numpy._core.multiarray": "numpy.core.multiarray",
-    "numpy.core.numeric": "numpy._core.numeric",
-    "numpy._core.numeric": "numpy.core.numeric",
-}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -200,20 +194,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"refusing to load a pickle that imports {module}.{name}; load_pkl only loads plain containers, "
                 "scalars and NumPy arrays"
             )
-        if module in _NUMPY_CORE_ALIASES:
+        if module.startswith(("numpy.core.", "numpy._core.")):
             return self._find_numpy_core(module, name)
         return super().find_class(module, name)
 
     def _find_numpy_core(self, module: str, name: str) -> Any:
         import numpy as np
 
-        # Prefer the spelling of the installed numpy: the other one is a deprecated shim (or missing).
-        preferred = module.replace("numpy.core.", "numpy._core.") if int(np.__version__.split(".")[0]) >= 2 \
-            else module.replace("numpy._core.", "numpy.core.")
+        # Try the spelling of the installed numpy first: the other one is a deprecated shim, or missing.
+        new_style = module.replace("numpy.core.", "numpy._core.")
+        old_style = module.replace("numpy._core.", "numpy.core.")
+        numpy_2 = int(np.__version__.split(".")[0]) >= 2
+        first, second = (new_style, old_style) if numpy_2 else (old_style, new_style)
         try:
-            return super().find_class(preferred, name)
+            return super().find_class(first, name)
         except (ImportError, AttributeError):
-            return super().find_class(_NUMPY_CORE_ALIASES[preferred], name)
+            return super().find_class(second, name)
 
 
 def read_pickle(stream: BinaryIO) -> Any:

@@ -45,9 +45,7 @@ class BlobStore:
         path = self.path(sha1)
         return path if path.is_file() else None
 
-    def put(
-        self, sha1: str, write: Writer, *, size_hint: int = 0, on_progress: ProgressCallback | None = None
-    ) -> Path:
+    def put(self, sha1: str, write: Writer, *, size_hint: int = 0, on_progress: ProgressCallback | None = None) -> Path:
         """Store the bytes that ``write(stream)`` produces under ``sha1`` unless they are stored already.
 
         Raises :class:`IntegrityError` (and stores nothing) if the bytes do not hash to ``sha1``.
