@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ._context import local_directory
+from ._os_errors import explain_permission_errors
 from ._progress import progress_bar
 from .config import ClientConfig, load_config
 from .errors import InvalidArgumentError, LocalFileError, NotConnectedError, NotFoundError
@@ -21,6 +22,7 @@ from .uri import format_uri, parse_uri
 StrPath = str | os.PathLike[str]
 
 
+@explain_permission_errors
 def store_file_local(filename: StrPath, label: str | None = None) -> str:
     """Copy a file into the local store and return its URI (``sha1://<hash>?label=<label>``).
 
@@ -34,6 +36,7 @@ def store_file_local(filename: StrPath, label: str | None = None) -> str:
     return format_uri(sha1, label)
 
 
+@explain_permission_errors
 def link_file(filename: StrPath, label: str | None = None) -> str:
     """Make a file loadable by its URI without copying it; the file must not change afterwards.
 
@@ -47,6 +50,7 @@ def link_file(filename: StrPath, label: str | None = None) -> str:
     return format_uri(sha1, label)
 
 
+@explain_permission_errors
 def load_file(uri: str, local_only: bool = False, dest: StrPath | None = None) -> str | None:
     """The local path of the content ``uri`` names, or ``None`` if it is not available.
 
@@ -65,6 +69,7 @@ def load_file(uri: str, local_only: bool = False, dest: StrPath | None = None) -
     return str(path)
 
 
+@explain_permission_errors
 def load_file_info(uri: str, local_only: bool = False) -> dict[str, Any] | None:
     """Size and location of the content ``uri`` names, or ``None`` if it is not available."""
     parsed = parse_uri(uri)
@@ -84,6 +89,7 @@ def load_file_info(uri: str, local_only: bool = False) -> dict[str, Any] | None:
     }
 
 
+@explain_permission_errors
 def load_bytes(
     uri: str,
     start: int | None = None,
@@ -108,6 +114,7 @@ def load_bytes(
         return None
 
 
+@explain_permission_errors
 def cat_file(uri: str, local_only: bool = False) -> None:
     """Write the content ``uri`` names to standard output."""
     path = _require_path(uri, local_only)

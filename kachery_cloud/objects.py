@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ._context import local_directory
+from ._os_errors import explain_permission_errors
 from .errors import SerializationError
 from .files import load_file
 from .hashing import HashingWriter
@@ -20,6 +21,7 @@ from .serialization import canonical_json_bytes, read_npy, read_pickle, write_np
 from .uri import format_uri
 
 
+@explain_permission_errors
 def store_text_local(text: str, label: str | None = None) -> str:
     """Store ``text`` (as UTF-8) in the local store and return its URI."""
     if not isinstance(text, str):
@@ -27,21 +29,25 @@ def store_text_local(text: str, label: str | None = None) -> str:
     return _store_bytes_local(text.encode("utf-8"), label)
 
 
+@explain_permission_errors
 def store_json_local(x: Any, label: str | None = None) -> str:
     """Store ``x`` as canonical JSON in the local store and return its URI."""
     return _store_bytes_local(canonical_json_bytes(x), label)
 
 
+@explain_permission_errors
 def store_npy_local(array: Any, label: str | None = None) -> str:
     """Store ``array`` in .npy format (no pickled objects) in the local store and return its URI."""
     return _store_serialized_local(lambda f: write_npy(array, f), label)
 
 
+@explain_permission_errors
 def store_pkl_local(x: Any, label: str | None = None) -> str:
     """Store ``x`` (plain containers, scalars, NumPy arrays) as a pickle in the local store."""
     return _store_serialized_local(lambda f: write_pickle(x, f), label)
 
 
+@explain_permission_errors
 def load_text(uri: str, local_only: bool = False) -> str | None:
     """The content ``uri`` names, decoded as UTF-8; ``None`` if not available."""
     data = _load_bytes_of(uri, local_only)
@@ -53,6 +59,7 @@ def load_text(uri: str, local_only: bool = False) -> str | None:
         raise SerializationError(f"{uri} is not UTF-8 text: {e}") from None
 
 
+@explain_permission_errors
 def load_json(uri: str, local_only: bool = False) -> Any:
     """The JSON value stored at ``uri``; ``None`` if not available."""
     data = _load_bytes_of(uri, local_only)
@@ -64,12 +71,14 @@ def load_json(uri: str, local_only: bool = False) -> Any:
         raise SerializationError(f"{uri} is not JSON: {e}") from None
 
 
+@explain_permission_errors
 def load_npy(uri: str, local_only: bool = False) -> Any:
     """The NumPy array stored at ``uri`` (never unpickling); ``None`` if not available."""
     path = load_file(uri, local_only=local_only)
     return None if path is None else read_npy(path)
 
 
+@explain_permission_errors
 def load_pkl(uri: str, local_only: bool = False) -> Any:
     """The object pickled at ``uri``, loaded with a restricted unpickler; ``None`` if not available."""
     path = load_file(uri, local_only=local_only)

@@ -71,7 +71,7 @@ class BlobStore:
             yield
             return
         self.perms.make_dirs(self.lock_directory)
-        lock = FileLock(self.lock_directory / f"{sha1}.lock", mode=0o664 if self.perms.multiuser else 0o644)
+        lock = FileLock(self.lock_directory / f"{sha1}.lock", mode=0o660 if self.perms.multiuser else 0o600)
         try:
             lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
         except (Timeout, OSError):
