@@ -26,13 +26,21 @@ StrPath = str | os.PathLike[str]
 def store_file_local(filename: StrPath, label: str | None = None) -> str:
     """Copy a file into the local store and return its URI (``sha1://<hash>?label=<label>``).
 
-    Storing a file that is unchanged since it was last stored or linked reads nothing (hash memo).
+    The file is read once, hashed while it is copied. Storing a file that is unchanged since it was last
+    stored or linked reads nothing (hash memo).
     """
     path, st = _regular_file(filename)
     local = local_directory()
-    sha1 = _hash_file(local, path, st)
+    fingerprint = FileFingerprint.of(st)
     with progress_bar(st.st_size, f"storing {path.name}") as bar:
-        local.blobs.put(sha1, copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
+        sha1 = local.hash_memo.get(fingerprint)
+        if sha1 is not None:
+            local.blobs.put(sha1, copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
+        else:
+            sha1 = local.blobs.add(copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
+    if FileFingerprint.of(os.stat(path)) != fingerprint:
+        raise LocalFileError(f"{path} changed while it was being stored; try again once it is complete")
+    local.hash_memo.put(fingerprint, sha1, path)
     return format_uri(sha1, label)
 
 

@@ -1,8 +1,7 @@
 """Layer 7: storing and loading Python objects (text, JSON, NumPy arrays, pickles) by content hash.
 
-Each object is serialized twice when stored: once into a hashing sink to learn its URI (and skip the
-write if the content is already stored), once into the store, which hashes again and refuses to keep
-bytes that differ. This keeps memory flat for large arrays.
+Arrays and pickles are serialized straight into the store (hashed on the way), never held in memory as
+a second copy.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from .errors import SerializationError
 from .files import load_file
-from .hashing import HashingWriter
+from .hashing import sha1_of_bytes
 from .serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
 from .uri import format_uri
 
@@ -94,15 +93,10 @@ def _load_bytes_of(uri: str, local_only: bool) -> bytes | None:
 
 
 def _store_bytes_local(data: bytes, label: str | None) -> str:
-    def write(f: BinaryIO) -> None:
-        f.write(data)
-
-    return _store_serialized_local(write, label)
+    sha1 = sha1_of_bytes(data)
+    local_directory().blobs.put(sha1, lambda f: f.write(data), size_hint=len(data))
+    return format_uri(sha1, label)
 
 
 def _store_serialized_local(write: Callable[[BinaryIO], None], label: str | None) -> str:
-    sink = HashingWriter()
-    write(sink)  # type: ignore[arg-type]
-    sha1 = sink.hexdigest()
-    local_directory().blobs.put(sha1, write, size_hint=sink.bytes_written)
-    return format_uri(sha1, label)
+    return format_uri(local_directory().blobs.add(write), label)

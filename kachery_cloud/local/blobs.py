@@ -1,9 +1,15 @@
 """Layer 3: content-addressed blobs at ``sha1/aa/bb/cc/<sha1>``.
 
-Invariant: a file at ``blob_path(h)`` always has SHA-1 ``h``. :meth:`BlobStore.put` hashes the bytes while
-writing them to a temp file beside the final path and renames only if the hash matches. Correctness never
-depends on a lock; the per-blob file lock only stops two processes from writing the same large blob at
-the same time.
+Invariant: a file at ``path(h)`` always has SHA-1 ``h``, because every byte is hashed on its way into a
+temp file and the temp file is renamed to the name its hash gives, never any other:
+
+- :meth:`BlobStore.put` stores content whose hash is known in advance (a download, bytes in memory): the
+  temp file sits beside the final path, and a hash mismatch stores nothing.
+- :meth:`BlobStore.add` stores a stream whose hash is not known yet (a file, a serialized array), in one
+  pass: the temp file sits at the root of the blob tree, on the same filesystem as every final path.
+
+Correctness never depends on a lock; the per-blob file lock only stops two processes from writing the same
+large blob at the same time.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import IntegrityError
 from ..hashing import HashingWriter, ProgressCallback
-from .fs import Permissions, atomic_write, remove_stale_temp_files
+from .fs import Permissions, TempFile, atomic_write, remove_stale_temp_files
 
 # Below this size writing twice costs less than taking a lock.
 LOCK_MIN_BYTES = 8 << 20
@@ -26,6 +32,10 @@ LOCK_MIN_BYTES = 8 << 20
 LOCK_TIMEOUT_SECONDS = 600.0
 
 Writer = Callable[[BinaryIO], None]
+
+# Leftovers of killed writers at the root of a blob tree are swept once per process: listing that
+# directory on every store would cost more than the rest of storing a small file.
+_swept_roots: set[Path] = set()
 
 
 class BlobStore:
@@ -64,6 +74,22 @@ class BlobStore:
                 if actual != sha1:
                     raise IntegrityError(f"content was expected to have SHA-1 {sha1} but has {actual}")
         return target
+
+    def add(self, write: Writer, *, size_hint: int = 0, on_progress: ProgressCallback | None = None) -> str:
+        """Store the bytes that ``write(stream)`` produces, reading them once; return their SHA-1."""
+        if self.directory not in _swept_roots:
+            remove_stale_temp_files(self.directory)
+            _swept_roots.add(self.directory)
+        with TempFile(self.directory, self.perms, stem="incoming", read_only=True) as temp:
+            hashing = HashingWriter(temp.file, on_progress)
+            write(hashing)  # type: ignore[arg-type]
+            sha1 = hashing.hexdigest()
+            target = self.path(sha1)
+            if target.is_file():
+                return sha1  # already stored: the temp file is discarded
+            self.perms.make_dirs(target.parent)
+            temp.commit(target, durable=True, overwrite=False)
+        return sha1
 
     @contextlib.contextmanager
     def _lock(self, sha1: str, size_hint: int) -> Iterator[None]:

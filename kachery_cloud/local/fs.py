@@ -82,9 +82,65 @@ class Permissions:
         os.chmod(path, mode | ((mode & 0o700) >> 3) | stat.S_ISGID)
 
 
-def temp_path_for(target: Path) -> Path:
-    """A unique temporary name beside ``target`` (same directory, so the final rename is atomic)."""
-    return target.parent / f".{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+def temp_path_in(directory: Path, stem: str) -> Path:
+    """A unique temporary name in ``directory``."""
+    return directory / f".{stem}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+class TempFile:
+    """A new file under a temporary name, locked while open, that :meth:`commit` renames into place.
+
+    Leaving the ``with`` block without committing (or through an exception) deletes it.
+    """
+
+    def __init__(self, directory: Path, perms: Permissions, *, stem: str, read_only: bool = False) -> None:
+        perms.make_dirs(directory)
+        self.path = temp_path_in(directory, stem)
+        self._fd = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444 if read_only else 0o666
+        )
+        self._done = False
+        try:
+            _try_lock(self._fd, shared=False)
+            perms.finish_new_file(self._fd, directory)
+            self.file: BinaryIO = os.fdopen(self._fd, "wb", closefd=False)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self, target: Path, *, durable: bool = True, overwrite: bool = True) -> None:
+        """Move the content to ``target`` (same filesystem); fsync first if ``durable``.
+
+        With ``overwrite=False`` an existing ``target`` is kept and this content dropped (for content-addressed
+        files, where both are identical).
+        """
+        self.file.flush()
+        if durable:
+            os.fsync(self._fd)
+        if not overwrite and target.exists():
+            self.discard()
+            return
+        os.replace(self.path, target)
+        self._close()
+
+    def discard(self) -> None:
+        if self._done:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        self._close()
+
+    def _close(self) -> None:
+        self._done = True
+        if hasattr(self, "file"):
+            self.file.close()
+        os.close(self._fd)  # releases the lock, after the rename
+
+    def __enter__(self) -> TempFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
 
 
 @contextlib.contextmanager
@@ -102,26 +158,9 @@ def atomic_write(
     rename so that a power loss cannot leave a short file under the final name. With ``overwrite=False`` an
     existing ``target`` is kept and the new content discarded (content-addressed files are identical).
     """
-    perms.make_dirs(target.parent)
-    temp = temp_path_for(target)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444 if read_only else 0o666)
-    try:
-        _try_lock(fd, shared=False)
-        perms.finish_new_file(fd, target.parent)
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            yield f
-        if durable:
-            os.fsync(fd)
-        if not overwrite and target.exists():
-            os.unlink(temp)
-        else:
-            os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    finally:
-        os.close(fd)  # releases the lock, after the rename
+    with TempFile(target.parent, perms, stem=target.name, read_only=read_only) as temp:
+        yield temp.file
+        temp.commit(target, durable=durable, overwrite=overwrite)
 
 
 def remove_stale_temp_files(directory: Path) -> int:
