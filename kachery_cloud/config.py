@@ -88,8 +88,8 @@ def _env_bool(name: str, *, default: bool) -> bool:
 
 
 # Parsing config.yaml on every call would cost more than the operations it configures, so the parsed
-# content is reused while the file's size and mtime are unchanged.
-_file_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+# content is reused while the file's inode, size, mtime and ctime are unchanged.
+_file_cache: dict[Path, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}
 
 _KEY_TYPES: dict[str, type] = {"api_url": str, "project": str, "multiuser": bool}
 
@@ -101,7 +101,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         return {}
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    stamp = (st.st_size, st.st_mtime_ns)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     cached = _file_cache.get(path)
     if cached is not None and cached[0] == stamp:
         return cached[1]

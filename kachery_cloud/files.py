@@ -12,7 +12,7 @@ from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from ._progress import progress_bar
 from .config import ClientConfig, load_config
-from .errors import InvalidArgumentError, LocalFileError, NotConnectedError, NotFoundError
+from .errors import IntegrityError, InvalidArgumentError, LocalFileError, NotConnectedError, NotFoundError
 from .local import LocalDirectory
 from .local.blobs import copy_file_into
 from .local.fs import Permissions, atomic_write
@@ -32,12 +32,15 @@ def store_file_local(filename: StrPath, label: str | None = None) -> str:
     path, st = _regular_file(filename)
     local = local_directory()
     fingerprint = FileFingerprint.of(st)
+    remembered = local.hash_memo.get(fingerprint)
     with progress_bar(st.st_size, f"storing {path.name}") as bar:
-        sha1 = local.hash_memo.get(fingerprint)
-        if sha1 is not None:
-            local.blobs.put(sha1, copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
-        else:
-            sha1 = local.blobs.add(copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
+        if remembered is not None:  # reads nothing unless the blob has been removed from the store
+            try:
+                local.blobs.put(remembered, copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
+            except IntegrityError:
+                raise LocalFileError(f"{path} changed while it was being stored; try again") from None
+            return format_uri(remembered, label)
+        sha1 = local.blobs.add(copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
     if FileFingerprint.of(os.stat(path)) != fingerprint:
         raise LocalFileError(f"{path} changed while it was being stored; try again once it is complete")
     local.hash_memo.put(fingerprint, sha1, path)

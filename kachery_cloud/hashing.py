@@ -40,13 +40,9 @@ def sha1_of_stream(stream: BinaryIO, on_progress: ProgressCallback | None = None
 
 
 class HashingWriter:
-    """A write-only binary stream that hashes what passes through it and forwards it to ``target``.
+    """A write-only binary stream that hashes what passes through it on its way to ``target``."""
 
-    With ``target=None`` it only hashes, which lets a serializer run once to learn the hash of its output
-    without holding that output in memory.
-    """
-
-    def __init__(self, target: BinaryIO | None = None, on_progress: ProgressCallback | None = None) -> None:
+    def __init__(self, target: BinaryIO, on_progress: ProgressCallback | None = None) -> None:
         self._target = target
         self._digest = hashlib.sha1()
         self._on_progress = on_progress
@@ -54,8 +50,7 @@ class HashingWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._digest.update(data)
-        if self._target is not None:
-            self._target.write(data)
+        self._target.write(data)
         n = memoryview(data).nbytes
         self.bytes_written += n
         if self._on_progress is not None:
@@ -66,8 +61,7 @@ class HashingWriter:
         return True
 
     def flush(self) -> None:
-        if self._target is not None:
-            self._target.flush()
+        self._target.flush()
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()

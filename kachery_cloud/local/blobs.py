@@ -15,7 +15,6 @@ large blob at the same time.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -120,11 +119,3 @@ def copy_file_into(source: Path) -> Writer:
                 out.write(view[:n])
 
     return write
-
-
-def remove_blob_temp_files(store: BlobStore) -> int:
-    """Sweep the whole blob tree for leftovers of killed writers (slow on big stores; for maintenance)."""
-    removed = 0
-    for dirpath, _dirnames, _filenames in os.walk(store.directory):
-        removed += remove_stale_temp_files(Path(dirpath))
-    return removed
