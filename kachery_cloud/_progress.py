@@ -57,6 +57,8 @@ class ProgressBar:
 
 def progress_bar(total: int, description: str, *, quiet: bool | None = None) -> ProgressBar:
     """A bar for ``total`` bytes of work, enabled if the work is large and the user is not quiet."""
+    if total < PROGRESS_MIN_BYTES:  # decided first: small work, the common case, reads no configuration
+        return ProgressBar(total, description, enabled=False)
     if quiet is None:
         quiet = load_config().quiet
-    return ProgressBar(total, description, enabled=not quiet and total >= PROGRESS_MIN_BYTES)
+    return ProgressBar(total, description, enabled=not quiet)

@@ -40,7 +40,7 @@ def store_file_local(filename: StrPath, label: str | None = None) -> str:
             except IntegrityError:
                 raise LocalFileError(f"{path} changed while it was being stored; try again") from None
             return format_uri(remembered, label)
-        sha1 = local.blobs.add(copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
+        sha1 = local.blobs.add(copy_file_into(path), on_progress=bar.update)
     if FileFingerprint.of(os.stat(path)) != fingerprint:
         raise LocalFileError(f"{path} changed while it was being stored; try again once it is complete")
     local.hash_memo.put(fingerprint, sha1, path)

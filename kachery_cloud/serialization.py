@@ -11,7 +11,6 @@ NumPy is imported only when an array is involved, so ``import kachery_cloud`` st
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import pickle
@@ -220,10 +219,3 @@ def read_pickle(stream: BinaryIO) -> Any:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
         raise SerializationError(f"not a loadable pickle: {e}") from None
-
-
-def pickle_bytes(value: Any) -> bytes:
-    """The stored byte form of ``value`` (for tests and small values)."""
-    buffer = io.BytesIO()
-    write_pickle(value, buffer)
-    return buffer.getvalue()

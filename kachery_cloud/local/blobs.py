@@ -74,7 +74,7 @@ class BlobStore:
                     raise IntegrityError(f"content was expected to have SHA-1 {sha1} but has {actual}")
         return target
 
-    def add(self, write: Writer, *, size_hint: int = 0, on_progress: ProgressCallback | None = None) -> str:
+    def add(self, write: Writer, *, on_progress: ProgressCallback | None = None) -> str:
         """Store the bytes that ``write(stream)`` produces, reading them once; return their SHA-1."""
         if self.directory not in _swept_roots:
             remove_stale_temp_files(self.directory)
@@ -109,7 +109,7 @@ class BlobStore:
 
 
 def copy_file_into(source: Path) -> Writer:
-    """A writer for :meth:`BlobStore.put` that copies ``source`` in 1 MiB chunks."""
+    """A writer (for :meth:`BlobStore.put`, :meth:`BlobStore.add` or any stream) copying ``source`` in 1 MiB chunks."""
 
     def write(out: BinaryIO) -> None:
         buffer = bytearray(1 << 20)

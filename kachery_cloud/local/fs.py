@@ -163,29 +163,27 @@ def atomic_write(
         temp.commit(target, durable=durable, overwrite=overwrite)
 
 
-def remove_stale_temp_files(directory: Path) -> int:
-    """Delete temp files in ``directory`` whose writer has died; return how many were removed."""
-    removed = 0
+def remove_stale_temp_files(directory: Path) -> None:
+    """Delete temp files in ``directory`` whose writer has died."""
     try:
         names = os.listdir(directory)
     except OSError:
-        return 0
+        return
     for name in names:
-        if name.startswith(".") and name.endswith(TEMP_SUFFIX) and _remove_if_abandoned(directory / name):
-            removed += 1
-    return removed
+        if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+            _remove_if_abandoned(directory / name)
 
 
 def _remove_if_abandoned(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
-        return False  # gone already, a directory being built, or not ours to read
+        return False  # gone already, or not ours to read
     try:
         st = os.fstat(fd)
         age = time.time() - st.st_mtime
         if not stat.S_ISREG(st.st_mode):
-            return False
+            return False  # a directory being built by Permissions.make_dirs
         locked = _try_lock(fd, shared=True)
         if locked is False:
             return False  # a live writer holds it

@@ -11,7 +11,15 @@ import pytest
 
 from kachery_cloud import SerializationError, UnsafePickleError
 from kachery_cloud.hashing import sha1_of_bytes
-from kachery_cloud.serialization import canonical_json_bytes, pickle_bytes, read_pickle, write_npy
+from kachery_cloud.serialization import canonical_json_bytes, read_pickle, write_npy, write_pickle
+
+
+def pickle_bytes(value: object) -> bytes:
+    """What store_pkl stores for ``value``."""
+    buffer = io.BytesIO()
+    write_pickle(value, buffer)
+    return buffer.getvalue()
+
 
 # Hashes published in kachery-cloud's doc/store_load_data_local.md.
 DOC_ARRAY = np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int16)
