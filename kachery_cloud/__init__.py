@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .errors import (
+    AuthenticationError,
     ConfigError,
     IntegrityError,
     InvalidArgumentError,
@@ -17,7 +18,12 @@ from .errors import (
     LocalFileError,
     NotConnectedError,
     NotFoundError,
+    NotRegisteredError,
+    PermissionDeniedError,
+    RateLimitedError,
     SerializationError,
+    ServerError,
+    ServerUnreachableError,
     UnsafePickleError,
 )
 from .files import cat_file, link_file, load_bytes, load_file, load_file_info, store_file_local
@@ -32,6 +38,7 @@ from .objects import (
     store_pkl_local,
     store_text_local,
 )
+from .registration import get_client_id, get_client_info, get_project_id, init
 
 
 def get_kachery_cloud_dir() -> str:
@@ -47,6 +54,7 @@ except _PackageNotFoundError:  # running from a source tree that was not install
     __version__ = "0+unknown"
 
 __all__ = [
+    "AuthenticationError",
     "ConfigError",
     "IntegrityError",
     "InvalidArgumentError",
@@ -56,14 +64,23 @@ __all__ = [
     "LocalFileError",
     "NotConnectedError",
     "NotFoundError",
+    "NotRegisteredError",
+    "PermissionDeniedError",
+    "RateLimitedError",
     "SerializationError",
+    "ServerError",
+    "ServerUnreachableError",
     "UnsafePickleError",
     "__version__",
     "cat_file",
     "delete_mutable_folder_local",
     "delete_mutable_local",
+    "get_client_id",
+    "get_client_info",
     "get_kachery_cloud_dir",
     "get_mutable_local",
+    "get_project_id",
+    "init",
     "link_file",
     "load_bytes",
     "load_file",

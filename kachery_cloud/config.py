@@ -5,20 +5,25 @@ Everything is read at call time, never at import, so tests and long-running note
 environment and see the change. Precedence: environment variable, then ``$KACHERY_CLOUD_DIR/config.yaml``,
 then the default.
 
-| variable                  | config.yaml key | default            |
-|---------------------------|-----------------|--------------------|
-| KACHERY_CLOUD_DIR         | (the directory) | ~/.kachery-cloud   |
-| KACHERY_CLOUD_API_URL     | api_url         | none               |
-| KACHERY_CLOUD_PROJECT     | project         | none               |
-| KACHERY_CLOUD_MULTIUSER   | multiuser       | false              |
-| KACHERY_CLOUD_EPHEMERAL   | -               | false              |
-| KACHERY_CLOUD_QUIET       | -               | false              |
+| variable                  | config.yaml key | default                                  |
+|---------------------------|-----------------|------------------------------------------|
+| KACHERY_CLOUD_DIR         | (the directory) | ~/.kachery-cloud                         |
+| KACHERY_CLOUD_API_URL     | api_url         | http://127.0.0.1:7733                    |
+| KACHERY_CLOUD_PROJECT     | project         | the client's default project (server)    |
+| KACHERY_CLOUD_MULTIUSER   | multiuser       | false                                    |
+| KACHERY_CLOUD_EPHEMERAL   | -               | false                                    |
+| KACHERY_CLOUD_QUIET       | -               | false                                    |
+| KACHERY_CLOUD_CLIENT_ID   | -               | derived from $KACHERY_CLOUD_DIR/private.pem |
+| KACHERY_CLOUD_PRIVATE_KEY | -               | $KACHERY_CLOUD_DIR/private.pem           |
+
+``api_url`` stays ``None`` when unset so callers can tell "configured" from "default";
+:attr:`ClientConfig.effective_api_url` applies the default.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +35,13 @@ ENV_PROJECT = "KACHERY_CLOUD_PROJECT"
 ENV_MULTIUSER = "KACHERY_CLOUD_MULTIUSER"
 ENV_EPHEMERAL = "KACHERY_CLOUD_EPHEMERAL"
 ENV_QUIET = "KACHERY_CLOUD_QUIET"
+ENV_CLIENT_ID = "KACHERY_CLOUD_CLIENT_ID"
+ENV_PRIVATE_KEY = "KACHERY_CLOUD_PRIVATE_KEY"
 
 CONFIG_FILE_NAME = "config.yaml"
 DEFAULT_DIR = "~/.kachery-cloud"
+# Where ``kachery-cloud-server start`` listens by default.
+DEFAULT_API_URL = "http://127.0.0.1:7733"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -48,6 +57,14 @@ class ClientConfig:
     multiuser: bool
     ephemeral: bool
     quiet: bool
+    # An identity given by the environment (CI machines) instead of the key files in ``dir``.
+    env_client_id: str | None = None
+    env_private_key: str | None = field(default=None, repr=False)
+
+    @property
+    def effective_api_url(self) -> str:
+        """The API server to talk to: the configured one, else the embedded server's default address."""
+        return (self.api_url or DEFAULT_API_URL).rstrip("/")
 
 
 def kachery_cloud_dir() -> Path:
@@ -67,6 +84,8 @@ def load_config() -> ClientConfig:
         multiuser=_env_bool(ENV_MULTIUSER, default=file_values.get("multiuser", False)),
         ephemeral=_env_bool(ENV_EPHEMERAL, default=False),
         quiet=_env_bool(ENV_QUIET, default=False),
+        env_client_id=_env_str(ENV_CLIENT_ID),
+        env_private_key=_env_str(ENV_PRIVATE_KEY),
     )
 
 

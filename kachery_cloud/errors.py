@@ -10,7 +10,13 @@
     ├── LocalFileError               (OSError) a source or destination file we cannot use
     ├── NotFoundError                (FileNotFoundError) content that is not available
     ├── IntegrityError               bytes whose SHA-1 is not the one they were stored under
-    └── NotConnectedError            an operation that needs an API server, and none is configured
+    ├── NotConnectedError            an operation that needs an API server, and none is configured
+    │   └── ServerUnreachableError   (ConnectionError) the API server did not answer (the URL is in the message)
+    └── ServerError                  the API server refused or failed a request (``error_code``, ``status``)
+        ├── AuthenticationError      the server did not accept this client's signature, clock or nonce
+        ├── NotRegisteredError       this client is not registered with the server: run kachery-cloud-init
+        ├── PermissionDeniedError    (PermissionError) not a member of the project, or the role is too low
+        └── RateLimitedError         too many requests, still refused after waiting as the server asked
 
 Each class also derives from the builtin a generic ``except`` clause would use, so callers who catch
 ``ValueError`` or ``FileNotFoundError`` keep working.
@@ -61,3 +67,35 @@ class IntegrityError(KacheryCloudError):
 
 class NotConnectedError(KacheryCloudError):
     """The operation needs an API server and this client is not connected to one."""
+
+
+class ServerUnreachableError(NotConnectedError, ConnectionError):
+    """The API server could not be reached (refused, timed out, DNS failure) even after retries."""
+
+
+class ServerError(KacheryCloudError):
+    """The API server answered with an error.
+
+    ``error_code`` is the server's stable code (for example ``project_not_found``); ``status`` the HTTP status.
+    """
+
+    def __init__(self, message: str, *, error_code: str = "server_error", status: int = 500) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.status = status
+
+
+class AuthenticationError(ServerError):
+    """The server refused the request's signature, timestamp or nonce."""
+
+
+class NotRegisteredError(ServerError):
+    """This client's id is not registered with the server."""
+
+
+class PermissionDeniedError(ServerError, PermissionError):
+    """The client's user lacks the membership or role the request needs."""
+
+
+class RateLimitedError(ServerError):
+    """The server kept answering 429 Too Many Requests."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .files import cat, link, load, load_info, store_local
+from .identity import info, init
 
 
 @click.group()
@@ -13,7 +14,7 @@ def main() -> None:
     """Share scientific data by content hash."""
 
 
-for _command in (store_local, load, cat, link, load_info):
+for _command in (store_local, load, cat, link, load_info, init, info):
     main.add_command(_command)
 
-__all__ = ["cat", "link", "load", "load_info", "main", "store_local"]
+__all__ = ["cat", "info", "init", "link", "load", "load_info", "main", "store_local"]

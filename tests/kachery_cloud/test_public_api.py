@@ -16,12 +16,13 @@ EXPECTED = {
     "load_text", "load_json", "load_npy", "load_pkl",
     # local mutables
     "set_mutable_local", "get_mutable_local", "delete_mutable_local", "delete_mutable_folder_local",
-    # configuration
-    "get_kachery_cloud_dir",
+    # configuration and identity
+    "get_kachery_cloud_dir", "init", "get_client_id", "get_client_info", "get_project_id",
     # errors
     "KacheryCloudError", "ConfigError", "InvalidArgumentError", "InvalidURIError", "InvalidMutableKeyError",
     "SerializationError", "UnsafePickleError", "LocalFileError", "NotFoundError", "IntegrityError",
-    "NotConnectedError",
+    "NotConnectedError", "ServerUnreachableError", "ServerError", "AuthenticationError", "NotRegisteredError",
+    "PermissionDeniedError", "RateLimitedError",
 }  # fmt: skip
 
 
@@ -47,13 +48,16 @@ def test_errors_also_derive_from_the_builtin_a_caller_would_catch() -> None:
     assert issubclass(kcl.SerializationError, TypeError)
     assert issubclass(kcl.LocalFileError, OSError)
     assert issubclass(kcl.NotFoundError, FileNotFoundError)
+    assert issubclass(kcl.ServerUnreachableError, ConnectionError)
+    assert issubclass(kcl.PermissionDeniedError, PermissionError)
 
 
 def test_importing_the_package_does_not_load_heavy_or_server_dependencies() -> None:
     code = (
         "import sys, kachery_cloud; "
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'numpy', 'tqdm', 'click', 'boto3', 'fastapi', 'requests', 'sqlalchemy'}))"
+        "{'numpy', 'tqdm', 'click', 'boto3', 'fastapi', 'requests', 'sqlalchemy', 'tenacity', 'cryptography', "
+        "'api_server'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

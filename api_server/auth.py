@@ -1,0 +1,141 @@
+"""Server layer 4: who is calling. Verifies signed requests (see kachery_cloud.request_signing) with a
+timestamp window and nonces kept in the database, so that replicas sharing one database agree on replays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+
+from kachery_cloud.request_signing import (
+    CLIENT_ID_RE,
+    HEADER_CLIENT_ID,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    NONCE_RE,
+    SIGNATURE_RE,
+    TIMESTAMP_RE,
+    body_digest,
+    signing_message,
+    verify_signature,
+)
+
+from .db.models import Client, RequestNonce, User, now_ms
+from .db.session import Database
+from .errors import AuthenticationFailed, ClientNotRegistered
+
+_SIGNATURE_HEADERS = (HEADER_CLIENT_ID, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+# Expired nonces are deleted at most this often per process.
+_PURGE_INTERVAL_SEC = 60.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The verified sender of a request. ``client_id`` None = anonymous; ``user`` None = not registered."""
+
+    client_id: str | None
+    user: User | None = None
+    client: Client | None = None
+
+    @property
+    def user_id(self) -> int | None:
+        return self.user.id if self.user is not None else None
+
+
+class RequestAuthenticator:
+    def __init__(self, db: Database, window_sec: int) -> None:
+        self.db = db
+        self.window_ms = window_sec * 1000
+        self._last_purge = 0.0
+
+    def verify(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> str | None:
+        """The client id that signed this request, None if it carries no signature headers at all.
+
+        Raises :class:`AuthenticationFailed` for anything else: partial headers, a bad signature, a timestamp
+        outside the window, a nonce already used.
+        """
+        present = [h for h in _SIGNATURE_HEADERS if headers.get(h)]
+        if not present:
+            return None
+        if len(present) != len(_SIGNATURE_HEADERS):
+            missing = ", ".join(h for h in _SIGNATURE_HEADERS if h not in present)
+            raise AuthenticationFailed(
+                f"incomplete request signature: missing {missing}", error_code="missing_signature"
+            )
+        client_id = headers[HEADER_CLIENT_ID]
+        timestamp = headers[HEADER_TIMESTAMP]
+        nonce = headers[HEADER_NONCE]
+        signature = headers[HEADER_SIGNATURE]
+        if not (
+            CLIENT_ID_RE.match(client_id)
+            and TIMESTAMP_RE.match(timestamp)
+            and NONCE_RE.match(nonce)
+            and SIGNATURE_RE.match(signature)
+        ):
+            raise AuthenticationFailed("malformed request signature headers", error_code="malformed_signature")
+        timestamp_ms = int(timestamp)
+        now = now_ms()
+        if abs(now - timestamp_ms) > self.window_ms:
+            raise AuthenticationFailed(
+                f"request timestamp is {abs(now - timestamp_ms) / 1000:.0f} s away from the server's clock "
+                f"(allowed: {self.window_ms // 1000} s); check this machine's clock",
+                error_code="stale_timestamp",
+            )
+        message = signing_message(
+            method=method,
+            target=target,
+            body_sha256=body_digest(body),
+            timestamp_ms=timestamp_ms,
+            nonce=nonce,
+            client_id=client_id,
+        )
+        if not verify_signature(client_id, message, signature):
+            raise AuthenticationFailed("request signature does not verify", error_code="bad_signature")
+        self._remember_nonce(client_id, nonce, timestamp_ms + self.window_ms + 1000)
+        return client_id
+
+    def _remember_nonce(self, client_id: str, nonce: str, expires_at_ms: int) -> None:
+        # Only reached after the signature verified, so nobody without a key can fill this table.
+        self._maybe_purge()
+        try:
+            with self.db.transaction() as session:
+                session.add(RequestNonce(client_id=client_id, nonce=nonce, expires_at_ms=expires_at_ms))
+        except IntegrityError:
+            raise AuthenticationFailed(
+                "this request was already received (replayed nonce)", error_code="replayed_nonce"
+            ) from None
+
+    def _maybe_purge(self) -> None:
+        now = time.monotonic()
+        if now - self._last_purge < _PURGE_INTERVAL_SEC:
+            return
+        self._last_purge = now
+        with self.db.transaction() as session:
+            session.execute(delete(RequestNonce).where(RequestNonce.expires_at_ms < now_ms()))
+
+
+def load_caller(db: Database, client_id: str | None) -> Caller:
+    """The caller with its client record and user, if registered."""
+    if client_id is None:
+        return Caller(client_id=None)
+    with db.transaction() as session:
+        client = session.get(Client, client_id)
+        if client is None:
+            return Caller(client_id=client_id)
+        user = session.get(User, client.user_id)
+        return Caller(client_id=client_id, user=user, client=client)
+
+
+def require_registered(caller: Caller, server_url: str) -> Caller:
+    if caller.client_id is None:
+        raise AuthenticationFailed("this request must be signed by a registered client", error_code="missing_signature")
+    if caller.user is None:
+        raise ClientNotRegistered(
+            f"client {caller.client_id} is not registered with {server_url}; run kachery-cloud-init"
+        )
+    return caller

@@ -1,0 +1,41 @@
+"""What a running server shares between requests: settings, database, storage, verifiers. Built once by the
+app factory; the admin CLI builds one without storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .auth import RequestAuthenticator
+from .db.session import Database
+from .google_tokens import GoogleTokenVerifier
+from .settings import Settings
+from .storage import Storage
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    db: Database
+    storage: Storage | None
+    authenticator: RequestAuthenticator
+    google: GoogleTokenVerifier | None
+
+    @classmethod
+    def build(cls, settings: Settings, storage: Storage | None) -> ServerContext:
+        db = Database(settings.resolved_database_url)
+        google = (
+            GoogleTokenVerifier(settings.google_client_id, settings.google_certs_url)
+            if settings.google_client_id
+            else None
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            storage=storage,
+            authenticator=RequestAuthenticator(db, settings.signature_window_sec),
+            google=google,
+        )
+
+    @property
+    def server_url(self) -> str:
+        return self.settings.resolved_public_url

@@ -1,0 +1,149 @@
+"""The tables, as SQLAlchemy 2 declarative models. Alembic migrations in ``migrations/versions`` create them;
+``tests/api_server/test_migrations.py`` checks that the two agree.
+
+Times are integer milliseconds since the Unix epoch (``*_ms``): the same on SQLite and PostgreSQL, with no
+time-zone conversions to get wrong.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("read", "write", "admin")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    """A person. Google users are found by ``google_sub`` (or, the first time, by a verified ``email`` an admin
+    already added); the embedded server's owner has ``is_local_owner``."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    google_sub: Mapped[str | None] = mapped_column(String(255), unique=True)
+    is_local_owner: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_project_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("projects.id", ondelete="SET NULL", use_alter=True)
+    )
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class Client(Base):
+    """A machine or process identity: the hex Ed25519 public key is the id."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(255), default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(255), default="")
+    owner_user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    public_read: Mapped[bool] = mapped_column(Boolean, default=False)
+    storage_quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+    __table_args__ = (CheckConstraint("role IN ('read', 'write', 'admin')", name="role"),)
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class Registration(Base):
+    """A pending browser registration: the client proved its key; a person still has to sign in."""
+
+    __tablename__ = "registrations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the secret in the registration link
+    client_id: Mapped[str] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(255), default="")
+    # Shown by kachery-cloud-init and on the page, so the person can check they link their own machine.
+    verification_code: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RequestNonce(Base):
+    """Nonces seen within the signature window; the primary key makes a replay fail on every replica."""
+
+    __tablename__ = "request_nonces"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+# --- blobs, uploads and usage (migration 0002; used from the cloud store/load onwards) ---
+
+
+class Blob(Base):
+    """A verified object in a project: its bytes in the bucket have SHA-1 ``sha1``."""
+
+    __tablename__ = "blobs"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    sha1: Mapped[str] = mapped_column(String(40), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_by_client_id: Mapped[str | None] = mapped_column(String(64))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class Upload(Base):
+    """An upload in progress: a single presigned PUT or an S3 multipart upload, not yet verified."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_project_sha1", "project_id", "sha1"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    sha1: Mapped[str] = mapped_column(String(40))
+    size: Mapped[int] = mapped_column(BigInteger)
+    object_key: Mapped[str] = mapped_column(Text)
+    multipart_upload_id: Mapped[str | None] = mapped_column(Text)
+    client_id: Mapped[str] = mapped_column(String(64))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class UsageCounter(Base):
+    """Requests and bytes per project and UTC day."""
+
+    __tablename__ = "usage_counters"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)

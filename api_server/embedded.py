@@ -1,0 +1,130 @@
+"""The embedded object store: a nanio process, child of the API server, on a free loopback port, with its data
+and generated credentials in the server's data directory. It dies with the server, even on kill -9 (Linux)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from .settings import S3Settings
+
+NANIO_VERSION = "0.1.7"  # pinned in pyproject.toml ([server] extra); checked at start
+BUCKET = "kachery-cloud"
+_READY_TIMEOUT_SEC = 30.0
+
+
+class EmbeddedStoreError(RuntimeError):
+    pass
+
+
+class EmbeddedS3:
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = data_dir / "s3"
+        self.log_path = data_dir / "nanio.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> S3Settings:
+        installed = version("nanio")
+        if installed != NANIO_VERSION:
+            raise EmbeddedStoreError(f"nanio {installed} is installed; this server needs nanio=={NANIO_VERSION}")
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        access_key, secret_key = self._credentials()
+        for _attempt in range(3):  # another process may take the free port between our check and nanio's bind
+            port = free_loopback_port()
+            self._spawn(port, access_key, secret_key)
+            if self._wait_ready(port):
+                return S3Settings(
+                    endpoint_url=f"http://127.0.0.1:{port}",
+                    bucket=BUCKET,
+                    access_key_id=access_key,
+                    secret_access_key=secret_key,
+                )
+        raise EmbeddedStoreError(
+            f"the embedded S3 store (nanio) did not start; see {self.log_path}:\n{self._log_tail()}"
+        )
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _credentials(self) -> tuple[str, str]:
+        path = self.dir.parent / "s3-credentials.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return data["access_key_id"], data["secret_access_key"]
+        data = {"access_key_id": "kc" + secrets.token_hex(9), "secret_access_key": secrets.token_urlsafe(30)}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        return data["access_key_id"], data["secret_access_key"]
+
+    def _spawn(self, port: int, access_key: str, secret_key: str) -> None:
+        env = {**os.environ, "NANIO_ACCESS_KEY": access_key, "NANIO_SECRET_KEY": secret_key}
+        command = [sys.executable, "-m", "nanio", "serve", "--data-dir", str(self.dir), "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                # Own session: a Ctrl-C in the terminal reaches only the API server, which then stops nanio in order.
+                start_new_session=True,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid())
+                if sys.platform.startswith("linux")
+                else None,
+            )
+
+    def _wait_ready(self, port: int) -> bool:
+        deadline = time.monotonic() + _READY_TIMEOUT_SEC
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+            time.sleep(0.05)
+        self.stop()
+        return False
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return ""
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when the server process dies,
+    # so a kill -9 of the server leaves no orphan store behind.
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    # The parent may have died before prctl took effect.
+    if os.getppid() != parent_pid:
+        os._exit(1)

@@ -1,0 +1,61 @@
+"""Errors the API reports, each with a stable ``error_code``. Imports nothing from the package.
+
+Every error response body is ``{"error_code": "...", "message": "..."}`` (plus ``details`` for invalid
+requests). Clients branch on ``error_code``; ``message`` is for people.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+    error_code = "invalid_request"
+
+    def __init__(self, message: str, *, error_code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if error_code is not None:
+            self.error_code = error_code
+        if status is not None:
+            self.status = status
+
+
+class InvalidRequest(ApiError):
+    status = 400
+    error_code = "invalid_request"
+
+
+class AuthenticationFailed(ApiError):
+    """401: missing_signature, malformed_signature, bad_signature, stale_timestamp, replayed_nonce."""
+
+    status = 401
+    error_code = "bad_signature"
+
+
+class ClientNotRegistered(ApiError):
+    status = 401
+    error_code = "client_not_registered"
+
+
+class Forbidden(ApiError):
+    """403: not_a_member, insufficient_role, registration_disabled."""
+
+    status = 403
+    error_code = "permission_denied"
+
+
+class NotFound(ApiError):
+    """404: project_not_found, user_not_found, client_not_found, registration_not_found."""
+
+    status = 404
+    error_code = "not_found"
+
+
+class Conflict(ApiError):
+    status = 409
+    error_code = "conflict"
+
+
+class Gone(ApiError):
+    status = 410
+    error_code = "registration_expired"

@@ -1,0 +1,149 @@
+"""Registration and self-description of clients."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+
+from ..errors import AuthenticationFailed, Forbidden, InvalidRequest
+from ..services import identity
+from .deps import ContextDep, OptionalCaller, RegisteredCaller
+
+router = APIRouter(prefix="/api", tags=["clients"])
+
+
+class ProjectMembership(BaseModel):
+    project_id: str
+    label: str
+    role: Literal["read", "write", "admin"]
+    public_read: bool
+
+
+class ClientInfo(BaseModel):
+    client_id: str
+    label: str
+    user: str
+    email: str | None
+    default_project_id: str | None
+    projects: list[ProjectMembership]
+    server_url: str
+
+
+class RegisterRequest(BaseModel):
+    label: str = Field("", max_length=identity.MAX_LABEL_LENGTH)
+
+
+class RegisterResponse(BaseModel):
+    status: Literal["registered", "pending"]
+    client: ClientInfo | None = None
+    registration_id: str | None = None
+    registration_url: str | None = None
+    verification_code: str | None = None
+    expires_at_ms: int | None = None
+    poll_interval_sec: float | None = None
+
+
+class RegistrationStatus(BaseModel):
+    status: Literal["pending", "registered", "expired"]
+
+
+class GoogleCredential(BaseModel):
+    credential: str = Field(..., min_length=1, max_length=8192)
+
+
+class GoogleRegistrationResult(BaseModel):
+    status: Literal["registered"]
+    user: str
+    client_id: str
+    label: str
+
+
+@router.post("/clients/register", response_model=RegisterResponse)
+def register(body: RegisterRequest, request: Request, caller: OptionalCaller, context: ContextDep) -> RegisterResponse:
+    """Register the signing client. The signature proves the caller holds the private key of the client id.
+
+    Local mode (embedded server on loopback): the client is linked to the server's owner at once.
+    Google mode: a pending registration is created; a person opens ``registration_url`` and signs in.
+    """
+    if caller.client_id is None:
+        raise AuthenticationFailed(
+            "registration must be signed with the client's private key", error_code="missing_signature"
+        )
+    label = identity.clean_label(body.label)
+    mode = context.settings.registration_mode
+    with context.db.transaction() as session:
+        existing = session.get(identity.Client, caller.client_id)
+        if existing is not None:
+            return RegisterResponse(
+                status="registered", client=ClientInfo(**identity.client_info(session, existing, context.server_url))
+            )
+        if mode == "local":
+            if not _is_loopback(request):
+                raise Forbidden("local registration is only open to this machine", error_code="registration_disabled")
+            owner = identity.ensure_local_owner(session)
+            client = identity.link_client(session, owner, caller.client_id, label)
+            return RegisterResponse(
+                status="registered", client=ClientInfo(**identity.client_info(session, client, context.server_url))
+            )
+        if mode == "google":
+            registration = identity.start_registration(
+                session, caller.client_id, label, context.settings.registration_ttl_sec
+            )
+            return RegisterResponse(
+                status="pending",
+                registration_id=registration.id,
+                registration_url=f"{context.server_url}/register/{registration.id}",
+                verification_code=registration.verification_code,
+                expires_at_ms=registration.expires_at_ms,
+                poll_interval_sec=2.0,
+            )
+    raise Forbidden(
+        "this server does not register clients itself; ask its administrator to run "
+        f"'kachery-cloud-server admin register-client {caller.client_id} --user <you>'",
+        error_code="registration_disabled",
+    )
+
+
+@router.get("/registrations/{registration_id}", response_model=RegistrationStatus)
+def registration_status(registration_id: str, caller: OptionalCaller, context: ContextDep) -> RegistrationStatus:
+    """Polled by ``kachery-cloud-init`` until a person has signed in; only the registering client may ask."""
+    with context.db.transaction() as session:
+        registration = identity.get_registration(session, registration_id)
+        if caller.client_id != registration.client_id:
+            raise Forbidden(
+                "only the client being registered may poll its registration", error_code="not_your_registration"
+            )
+        return RegistrationStatus(status=identity.registration_state(registration))
+
+
+@router.post("/registrations/{registration_id}/google", response_model=GoogleRegistrationResult)
+def complete_with_google(registration_id: str, body: GoogleCredential, context: ContextDep) -> GoogleRegistrationResult:
+    """Called by the registration page with the ID token Google Identity Services gave the browser."""
+    if context.google is None:
+        raise Forbidden("Google sign-in is not configured on this server", error_code="registration_disabled")
+    google_identity = context.google.verify(body.credential)
+    with context.db.transaction() as session:
+        user = identity.user_for_google_identity(session, google_identity, context.settings.default_storage_quota_bytes)
+        client = identity.complete_registration(session, registration_id, user)
+        return GoogleRegistrationResult(status="registered", user=user.name, client_id=client.id, label=client.label)
+
+
+@router.get("/clients/me", response_model=ClientInfo)
+def me(caller: RegisteredCaller, context: ContextDep) -> ClientInfo:
+    """The calling client, its user, default project and memberships."""
+    with context.db.transaction() as session:
+        client = session.get(identity.Client, caller.client_id)
+        if client is None:  # removed between authentication and here
+            raise InvalidRequest("client was removed")
+        return ClientInfo(**identity.client_info(session, client, context.server_url))
+
+
+def _is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,48 @@
+"""Named FastAPI dependencies: the server context and the verified caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..auth import Caller, load_caller, require_registered
+from ..context import ServerContext
+
+
+def get_context(request: Request) -> ServerContext:
+    return request.app.state.context
+
+
+async def _raw_body(request: Request) -> bytes:
+    # Starlette keeps the body, so FastAPI still parses it for the endpoint afterwards.
+    return await request.body()
+
+
+def _request_target(request: Request) -> str:
+    raw_path = request.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else request.url.path
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return f"{path}?{query}" if query else path
+
+
+def optional_caller(
+    request: Request,
+    body: Annotated[bytes, Depends(_raw_body)],
+    context: Annotated[ServerContext, Depends(get_context)],
+) -> Caller:
+    """Anonymous if the request carries no signature; otherwise verified (registered or not)."""
+    client_id = context.authenticator.verify(request.method, _request_target(request), body, request.headers)
+    return load_caller(context.db, client_id)
+
+
+def registered_caller(
+    caller: Annotated[Caller, Depends(optional_caller)],
+    context: Annotated[ServerContext, Depends(get_context)],
+) -> Caller:
+    return require_registered(caller, context.server_url)
+
+
+ContextDep = Annotated[ServerContext, Depends(get_context)]
+OptionalCaller = Annotated[Caller, Depends(optional_caller)]
+RegisteredCaller = Annotated[Caller, Depends(registered_caller)]

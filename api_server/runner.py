@@ -1,0 +1,220 @@
+"""Running the server: the foreground process (API + embedded store), and the background form with its pid file.
+
+The data directory holds everything of the embedded default::
+
+    <data dir>/
+        settings.yaml          optional: overrides (an external S3 store, Google sign-in, PostgreSQL ...)
+        server.db              SQLite database (unless database_url names another)
+        s3/                    nanio's buckets (embedded store only)
+        s3-credentials.json    the embedded store's generated credentials (0600)
+        server.json            pid and URL of the running server (removed on a clean stop)
+        server.lock            held while a server uses this directory
+        server.log, nanio.log  logs of a background server and of its store
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .settings import Settings
+
+PID_FILE = "server.json"
+LOCK_FILE = "server.lock"
+LOG_FILE = "server.log"
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
+def run_foreground(settings: Settings, *, announce: bool = True) -> None:
+    """Serve until SIGINT/SIGTERM; then stop the API, then the embedded store."""
+    import uvicorn
+    from filelock import FileLock, Timeout
+
+    from .app import create_app
+    from .context import ServerContext
+    from .embedded import EmbeddedS3
+    from .services import identity
+    from .storage import Storage
+
+    data_dir = settings.resolved_data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = FileLock(data_dir / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        running = read_pid_file(data_dir)
+        where = f" (pid {running['pid']}, {running['url']})" if running else ""
+        raise ServerStartError(f"another kachery-cloud-server is using {data_dir}{where}") from None
+    embedded: EmbeddedS3 | None = None
+    try:
+        sock = _bind(settings.host, settings.port)
+        s3 = settings.s3
+        if s3 is None:
+            embedded = EmbeddedS3(data_dir)
+            s3 = embedded.start()
+        storage = Storage(s3)
+        storage.ensure_bucket()
+        context = ServerContext.build(settings, storage)
+        context.db.upgrade()
+        with context.db.transaction() as session:
+            owner = identity.ensure_local_owner(session)
+            owner_name = owner.name
+        app = create_app(context)
+        _write_pid_file(data_dir, settings.resolved_public_url)
+        if announce:
+            store = f"embedded nanio at {s3.endpoint_url}" if embedded else f"{s3.endpoint_url} bucket {s3.bucket}"
+            print(
+                f"kachery-cloud-server {settings.resolved_public_url} (pid {os.getpid()})\n"
+                f"  data: {data_dir}\n  store: {store}\n  database: {_safe_db_name(settings)}\n"
+                f"  registration: {settings.registration_mode}; owner {owner_name}, project 'default'\n"
+                "  stop with Ctrl-C or `kachery-cloud-server stop`",
+                file=sys.stderr,
+                flush=True,
+            )
+        config = uvicorn.Config(app, log_level=settings.log_level, access_log=settings.log_level == "debug")
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal with the handler that
+        # was in place before; make that handler end run() with an exception, so the cleanup below runs.
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except (_Terminated, KeyboardInterrupt):
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        context.db.dispose()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / PID_FILE).unlink()
+        lock.release()
+
+
+def start_background(settings: Settings, argv: list[str], *, timeout_sec: float = 60.0) -> dict:
+    """Start ``argv`` (a foreground ``start``) detached, logging to the data directory; return once healthy."""
+    data_dir = settings.resolved_data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_path = data_dir / LOG_FILE
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+        )
+    url = settings.resolved_public_url
+    deadline = time.monotonic() + timeout_sec
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerStartError(f"the server exited with code {process.returncode}; {log_path}:\n{_tail(log_path)}")
+        running = read_pid_file(data_dir)
+        if running and running["pid"] == process.pid and _healthy(url):
+            return running
+        time.sleep(0.1)
+    process.terminate()
+    raise ServerStartError(
+        f"the server did not become ready within {timeout_sec:.0f} s; {log_path}:\n{_tail(log_path)}"
+    )
+
+
+def stop(data_dir: Path, *, timeout_sec: float = 30.0) -> dict | None:
+    """Stop the server using ``data_dir``; None if none was running."""
+    running = read_pid_file(data_dir)
+    if running is None:
+        return None
+    pid = running["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + timeout_sec
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return running
+        time.sleep(0.05)
+    raise ServerStartError(f"server pid {pid} did not stop within {timeout_sec:.0f} s")
+
+
+def read_pid_file(data_dir: Path) -> dict | None:
+    """The running server's pid and URL, or None if the file is missing or its process is gone."""
+    try:
+        info = json.loads((data_dir / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not isinstance(info.get("pid"), int) or not _alive(info["pid"]):
+        return None
+    return info
+
+
+def _write_pid_file(data_dir: Path, url: str) -> None:
+    temp = data_dir / f".{PID_FILE}.{os.getpid()}"
+    temp.write_text(json.dumps({"pid": os.getpid(), "url": url}))
+    os.replace(temp, data_dir / PID_FILE)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ServerStartError(
+            f"cannot listen on {host}:{port}: {e.strerror} (is another server running? choose one with --port)"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not running.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _safe_db_name(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)

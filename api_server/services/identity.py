@@ -1,0 +1,204 @@
+"""Users, clients and registration: the local owner of the embedded server, Google sign-in, admin-registered
+clients, and what a client may learn about itself."""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from kachery_cloud.request_signing import CLIENT_ID_RE
+
+from ..db.models import Client, Registration, User, now_ms
+from ..errors import Conflict, Gone, InvalidRequest, NotFound
+from ..google_tokens import GoogleIdentity
+from . import projects
+
+DEFAULT_PROJECT_ID = "default"
+MAX_LABEL_LENGTH = 255
+
+
+def clean_label(label: str | None) -> str:
+    label = (label or "").strip()
+    if len(label) > MAX_LABEL_LENGTH or any(ord(c) < 32 for c in label):
+        raise InvalidRequest(f"a label has at most {MAX_LABEL_LENGTH} printable characters")
+    return label
+
+
+def validate_client_id(client_id: str) -> str:
+    if not CLIENT_ID_RE.match(client_id):
+        raise InvalidRequest(
+            f"invalid client id {client_id!r}: expected 64 lowercase hex digits (an Ed25519 public key)"
+        )
+    return client_id
+
+
+# --- users ---
+
+
+def ensure_local_owner(session: Session) -> User:
+    """The embedded server's owner and its ``default`` project, created on first start."""
+    owner = session.scalars(select(User).where(User.is_local_owner.is_(True))).first()
+    if owner is None:
+        name = f"{_login_name()}@localhost"
+        owner = User(name=_unique_user_name(session, name), is_local_owner=True)
+        session.add(owner)
+        session.flush()
+    if session.get(projects.Project, DEFAULT_PROJECT_ID) is None:
+        projects.create_project(session, owner=owner, project_id=DEFAULT_PROJECT_ID, label="default project")
+    return owner
+
+
+def find_user(session: Session, name_or_email: str) -> User:
+    key = name_or_email.strip()
+    user = session.scalars(select(User).where((User.name == key) | (User.email == key.lower()))).first()
+    if user is None:
+        raise NotFound(f"no user named {name_or_email!r}", error_code="user_not_found")
+    return user
+
+
+def find_or_add_user_by_email(session: Session, email: str) -> User:
+    """The user with this email, or a new one who has not signed in yet (so admins can add people before
+    they first sign in with Google)."""
+    email = email.strip().lower()
+    if "@" not in email:
+        raise InvalidRequest(f"{email!r} is neither a known user name nor an email address")
+    user = session.scalars(select(User).where(User.email == email)).first()
+    if user is None:
+        user = User(name=_unique_user_name(session, email), email=email)
+        session.add(user)
+        session.flush()
+    return user
+
+
+def user_for_google_identity(session: Session, identity: GoogleIdentity, default_quota: int | None) -> User:
+    """The user behind a verified Google identity: by Google's subject id, else by the verified email an admin
+    added; a new user gets a personal project as default."""
+    user = session.scalars(select(User).where(User.google_sub == identity.sub)).first()
+    if user is None:
+        user = session.scalars(select(User).where(User.email == identity.email, User.google_sub.is_(None))).first()
+        if user is not None:
+            user.google_sub = identity.sub
+    if user is None:
+        user = User(name=_unique_user_name(session, identity.email), email=identity.email, google_sub=identity.sub)
+        session.add(user)
+        session.flush()
+    if user.default_project_id is None:
+        projects.create_project(
+            session, owner=user, label=f"personal project of {user.name}", storage_quota_bytes=default_quota
+        )
+    return user
+
+
+def _unique_user_name(session: Session, wanted: str) -> str:
+    name, n = wanted, 1
+    while session.scalar(select(func.count()).select_from(User).where(User.name == name)):
+        n += 1
+        name = f"{wanted}-{n}"
+    return name
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "owner"
+
+
+# --- clients ---
+
+
+def link_client(session: Session, user: User, client_id: str, label: str) -> Client:
+    """Register ``client_id`` to ``user``; idempotent for the same user, a conflict for another one."""
+    validate_client_id(client_id)
+    client = session.get(Client, client_id)
+    if client is not None:
+        if client.user_id != user.id:
+            raise Conflict(
+                f"client {client_id} is already registered to another user; remove it first",
+                error_code="client_registered_elsewhere",
+            )
+        if label:
+            client.label = label
+        return client
+    client = Client(id=client_id, user_id=user.id, label=clean_label(label))
+    session.add(client)
+    session.flush()
+    return client
+
+
+def remove_client(session: Session, client_id: str) -> None:
+    client = session.get(Client, client_id)
+    if client is None:
+        raise NotFound(f"client {client_id} is not registered", error_code="client_not_found")
+    session.delete(client)
+
+
+def list_clients(session: Session) -> list[tuple[Client, User]]:
+    return [(c, u) for c, u in session.execute(select(Client, User).join(User).order_by(User.name, Client.id))]
+
+
+def client_info(session: Session, client: Client, server_url: str) -> dict[str, Any]:
+    user = session.get(User, client.user_id)
+    assert user is not None
+    return {
+        "client_id": client.id,
+        "label": client.label,
+        "user": user.name,
+        "email": user.email,
+        "default_project_id": user.default_project_id,
+        "projects": [
+            {"project_id": p.id, "label": p.label, "role": role, "public_read": p.public_read}
+            for p, role in projects.projects_of_user(session, user)
+        ],
+        "server_url": server_url,
+    }
+
+
+# --- browser registration ---
+
+
+def start_registration(session: Session, client_id: str, label: str, ttl_sec: int) -> Registration:
+    """A pending registration for a client that proved its key; its id is the secret in the link."""
+    registration = Registration(
+        id=secrets.token_urlsafe(24),
+        client_id=validate_client_id(client_id),
+        label=clean_label(label),
+        verification_code=_verification_code(),
+        expires_at_ms=now_ms() + ttl_sec * 1000,
+    )
+    session.add(registration)
+    session.flush()
+    return registration
+
+
+def get_registration(session: Session, registration_id: str) -> Registration:
+    registration = session.get(Registration, registration_id) if len(registration_id) <= 64 else None
+    if registration is None:
+        raise NotFound("this registration link is not valid", error_code="registration_not_found")
+    return registration
+
+
+def complete_registration(session: Session, registration_id: str, user: User) -> Client:
+    registration = get_registration(session, registration_id)
+    if registration.user_id is None and registration.expires_at_ms < now_ms():
+        raise Gone("this registration link has expired; run kachery-cloud-init again")
+    if registration.user_id is not None and registration.user_id != user.id:
+        raise Conflict("this registration was already completed by someone else", error_code="registration_used")
+    registration.user_id = user.id
+    return link_client(session, user, registration.client_id, registration.label)
+
+
+def registration_state(registration: Registration) -> str:
+    if registration.user_id is not None:
+        return "registered"
+    return "expired" if registration.expires_at_ms < now_ms() else "pending"
+
+
+def _verification_code() -> str:
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+    code = "".join(secrets.choice(alphabet) for _ in range(8))
+    return f"{code[:4]}-{code[4:]}"

@@ -1,0 +1,141 @@
+"""Projects and memberships: creation, roles, the public-read flag, permission checks."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..db.models import ROLES, Membership, Project, User
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
+
+PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
+
+
+def validate_project_id(project_id: str) -> str:
+    if not PROJECT_ID_RE.match(project_id):
+        raise InvalidRequest(
+            f"invalid project id {project_id!r}: use 1-64 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return project_id
+
+
+def new_project_id() -> str:
+    return secrets.token_hex(6)
+
+
+def create_project(
+    session: Session,
+    *,
+    owner: User,
+    project_id: str | None = None,
+    label: str = "",
+    public_read: bool = False,
+    storage_quota_bytes: int | None = None,
+) -> Project:
+    """A project owned (and administered) by ``owner``."""
+    project_id = validate_project_id(project_id) if project_id else new_project_id()
+    if session.get(Project, project_id) is not None:
+        raise Conflict(f"project {project_id} already exists", error_code="project_exists")
+    project = Project(
+        id=project_id,
+        label=label,
+        owner_user_id=owner.id,
+        public_read=public_read,
+        storage_quota_bytes=storage_quota_bytes,
+    )
+    session.add(project)
+    session.flush()
+    session.add(Membership(project_id=project_id, user_id=owner.id, role="admin"))
+    if owner.default_project_id is None:
+        owner.default_project_id = project_id
+    session.flush()
+    return project
+
+
+def get_project(session: Session, project_id: str) -> Project:
+    project = session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist", error_code="project_not_found")
+    return project
+
+
+def set_member(session: Session, project_id: str, user: User, role: str) -> Membership:
+    """Give ``user`` exactly ``role`` in the project (adding or changing the membership)."""
+    if role not in ROLES:
+        raise InvalidRequest(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
+    project = get_project(session, project_id)
+    membership = session.get(Membership, (project_id, user.id))
+    if project.owner_user_id == user.id and role != "admin":
+        raise Conflict(f"{user.name} owns project {project_id} and stays its admin", error_code="owner_role")
+    if membership is None:
+        membership = Membership(project_id=project_id, user_id=user.id, role=role)
+        session.add(membership)
+    else:
+        membership.role = role
+    if user.default_project_id is None:
+        user.default_project_id = project_id
+    session.flush()
+    return membership
+
+
+def remove_member(session: Session, project_id: str, user: User) -> bool:
+    project = get_project(session, project_id)
+    if project.owner_user_id == user.id:
+        raise Conflict(f"{user.name} owns project {project_id} and cannot be removed", error_code="owner_role")
+    membership = session.get(Membership, (project_id, user.id))
+    if membership is None:
+        return False
+    session.delete(membership)
+    if user.default_project_id == project_id:
+        user.default_project_id = None
+    return True
+
+
+def set_public_read(session: Session, project_id: str, public_read: bool) -> Project:
+    project = get_project(session, project_id)
+    project.public_read = public_read
+    return project
+
+
+def role_of(session: Session, project_id: str, user_id: int | None) -> str | None:
+    if user_id is None:
+        return None
+    membership = session.get(Membership, (project_id, user_id))
+    return membership.role if membership is not None else None
+
+
+def require_role(session: Session, project_id: str, user: User | None, needed: str) -> Project:
+    """The project, if ``user`` (None = anonymous) may act with role ``needed``; ``read`` on a public project
+    is open to everyone."""
+    project = get_project(session, project_id)
+    if needed == "read" and project.public_read:
+        return project
+    role = role_of(session, project_id, user.id if user is not None else None)
+    if role is None:
+        who = user.name if user is not None else "an anonymous client"
+        raise Forbidden(f"{who} is not a member of project {project_id}", error_code="not_a_member")
+    if _ROLE_RANK[role] < _ROLE_RANK[needed]:
+        raise Forbidden(
+            f"{user.name if user else 'anonymous'} has role '{role}' in project {project_id}; this needs '{needed}'",
+            error_code="insufficient_role",
+        )
+    return project
+
+
+def projects_of_user(session: Session, user: User) -> list[tuple[Project, str]]:
+    rows = session.execute(
+        select(Project, Membership.role)
+        .join(Membership, Membership.project_id == Project.id)
+        .where(Membership.user_id == user.id)
+        .order_by(Project.id)
+    ).all()
+    return [(project, role) for project, role in rows]
+
+
+def all_projects(session: Session) -> list[Project]:
+    return list(session.scalars(select(Project).order_by(Project.id)))

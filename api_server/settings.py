@@ -1,0 +1,148 @@
+"""Server layer 1: every setting of the API server in one object, from a YAML file plus the environment.
+
+Precedence: explicit values (command-line options) > environment (``KACHERY_CLOUD_SERVER_<NAME>``, nested with
+``__``, e.g. ``KACHERY_CLOUD_SERVER_S3__BUCKET``) > the YAML settings file > defaults. Without an ``s3``
+section, ``kachery-cloud-server start`` runs an embedded nanio store inside the data directory.
+
+Example settings file naming an external store::
+
+    public_url: https://kachery.mylab.org
+    database_url: postgresql+psycopg://kachery@db.mylab.org/kachery
+    google_client_id: 1234-abc.apps.googleusercontent.com
+    s3:
+      endpoint_url: https://s3.us-east-2.amazonaws.com
+      bucket: mylab-kachery
+      region: us-east-2
+      access_key_id: AKIA...
+      secret_access_key: ...
+      addressing_style: virtual
+      key_prefix: kachery/
+      public_base_url: https://mylab-kachery.s3.us-east-2.amazonaws.com
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+ENV_PREFIX = "KACHERY_CLOUD_SERVER_"
+DEFAULT_DATA_DIR = "~/.kachery-cloud-server"
+DEFAULT_PORT = 7733
+SETTINGS_FILE_NAME = "settings.yaml"
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+
+
+class S3Settings(BaseModel):
+    """An S3-compatible object store holding the blobs."""
+
+    endpoint_url: str
+    bucket: str
+    region: str = "us-east-1"
+    access_key_id: str
+    secret_access_key: SecretStr
+    addressing_style: Literal["path", "virtual"] = "path"
+    key_prefix: str = ""
+    # Where anonymous readers fetch objects of public projects (a CDN or a public bucket URL); None = the
+    # server hands out presigned GETs for public projects too.
+    public_base_url: str | None = None
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_is_clean(cls, value: str) -> str:
+        if value.startswith("/") or ".." in value.split("/"):
+            raise ValueError("key_prefix must be relative and must not contain '..'")
+        return value
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one API server process."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    # The address users' browsers and clients reach (behind a proxy it differs from host:port).
+    public_url: str | None = None
+    # SQLAlchemy URL; default: SQLite in the data directory.
+    database_url: str | None = Field(None, repr=False)  # may carry a password
+    s3: S3Settings | None = None
+    # With a Google OAuth client id, registration goes through Google sign-in on the server's page.
+    google_client_id: str | None = None
+    google_certs_url: str = GOOGLE_CERTS_URL
+    # auto: google if google_client_id is set, else local if the server listens on loopback only, else none.
+    registration: Literal["auto", "local", "google", "none"] = "auto"
+    signature_window_sec: int = Field(60, ge=5, le=3600)
+    registration_ttl_sec: int = Field(900, ge=60)
+    default_storage_quota_bytes: int | None = Field(None, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file is the one load_settings names in model_config (none for plain Settings()).
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().absolute()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_data_dir / 'server.db'}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def listens_on_loopback_only(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def registration_mode(self) -> Literal["local", "google", "none"]:
+        if self.registration != "auto":
+            return self.registration
+        if self.google_client_id:
+            return "google"
+        return "local" if self.listens_on_loopback_only else "none"
+
+
+def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: ``overrides`` (non-None values only) > environment > ``settings_file`` > defaults.
+
+    Without ``settings_file``, ``<data dir>/settings.yaml`` is read if it exists.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if settings_file is None:
+        # The data directory can come from the overrides or the environment, never from the file itself.
+        probe = Settings(**{k: v for k, v in given.items() if k == "data_dir"})
+        candidate = probe.resolved_data_dir / SETTINGS_FILE_NAME
+        settings_file = candidate if candidate.is_file() else None
+    elif not settings_file.is_file():
+        raise FileNotFoundError(f"settings file {settings_file} does not exist")
+    if settings_file is None:
+        return Settings(**given)
+
+    class SettingsFromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=settings_file)
+
+    return SettingsFromFile(**given)

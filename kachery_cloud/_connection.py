@@ -1,0 +1,32 @@
+"""The API client for the current configuration, one per (server, identity) per process, so that keep-alive
+connections are reused across calls."""
+
+from __future__ import annotations
+
+import threading
+
+from .api.client import ApiClient
+from .config import ClientConfig, load_config
+from .identity import load_identity
+
+_clients: dict[tuple[str, str, str | None, bool], ApiClient] = {}
+_lock = threading.Lock()
+
+
+def api_client(config: ClientConfig | None = None) -> ApiClient:
+    """Signed by this client's key (created on first need); anonymous in ephemeral mode."""
+    config = config or load_config()
+    key = (config.effective_api_url, str(config.dir), config.env_client_id, config.ephemeral)
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            identity = None if config.ephemeral else load_identity(config, create=True)
+            client = ApiClient(config.effective_api_url, identity)
+            _clients[key] = client
+        return client
+
+
+def forget_clients() -> None:
+    """Drop cached clients (after the key files changed, and between tests)."""
+    with _lock:
+        _clients.clear()

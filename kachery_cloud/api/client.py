@@ -1,0 +1,230 @@
+"""Layer 5: the one HTTP client of the API server. Signs every request, puts a timeout on every call, retries
+what is safe to retry, and turns error responses into :mod:`kachery_cloud.errors` classes.
+
+Retry policy (exponential backoff with jitter, at most ``max_attempts`` tries):
+
+- a connection that could not be made, 429 and 503: always retried (the server did not act on the request);
+  429/503 wait at least the server's ``Retry-After``;
+- other 5xx, read timeouts and connections dropped mid-request: retried only for idempotent calls, since the
+  server may have acted on the first attempt.
+
+Each attempt is signed afresh (new timestamp and nonce): resending the same signature would be refused as a
+replay.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+import tenacity
+
+from ..errors import (
+    AuthenticationError,
+    NotRegisteredError,
+    PermissionDeniedError,
+    RateLimitedError,
+    ServerError,
+    ServerUnreachableError,
+)
+from ..identity import ClientIdentity
+
+DEFAULT_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds
+DEFAULT_MAX_ATTEMPTS = 5
+_MAX_BACKOFF_SEC = 20.0
+_MAX_RETRY_AFTER_SEC = 120.0
+
+_ERROR_CLASSES: dict[str, type[ServerError]] = {
+    "missing_signature": AuthenticationError,
+    "malformed_signature": AuthenticationError,
+    "bad_signature": AuthenticationError,
+    "stale_timestamp": AuthenticationError,
+    "replayed_nonce": AuthenticationError,
+    "client_not_registered": NotRegisteredError,
+    "not_a_member": PermissionDeniedError,
+    "insufficient_role": PermissionDeniedError,
+    "permission_denied": PermissionDeniedError,
+    "registration_disabled": PermissionDeniedError,
+    "rate_limited": RateLimitedError,
+}
+
+
+class _RetryableFailure(Exception):
+    """One failed attempt that may be retried; ``final`` is what the caller gets if no attempt succeeds."""
+
+    def __init__(self, final: Exception, retry_after: float | None = None) -> None:
+        super().__init__(str(final))
+        self.final = final
+        self.retry_after = retry_after
+
+
+class ApiClient:
+    """Calls to one API server, signed by ``identity`` (None: anonymous, for public reads)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        identity: ClientIdentity | None,
+        *,
+        session: requests.Session | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.identity = identity
+        self.session = session if session is not None else _new_session()
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        idempotent: bool | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> Any:
+        """Send one API request and return its decoded JSON body (None for an empty body)."""
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
+        body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=_wait_backoff_or_retry_after,
+            retry=tenacity.retry_if_exception_type(_RetryableFailure),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._attempt(method, path, body, params, idempotent, timeout or self.timeout)
+        except _RetryableFailure as failure:
+            raise failure.final from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        params: Mapping[str, Any] | None,
+        idempotent: bool,
+        timeout: tuple[float, float],
+    ) -> Any:
+        url = f"{self.base_url}{path}"
+        headers = {"Content-Type": "application/json"} if body else {}
+        prepared = self.session.prepare_request(
+            requests.Request(method, url, data=body, headers=headers, params=params)
+        )
+        if self.identity is not None:
+            # Sign the target exactly as it will be sent (requests has encoded the query by now).
+            prepared.headers.update(self.identity.signed_headers(method, prepared.path_url, body))
+        try:
+            response = self.session.send(prepared, timeout=timeout)
+        except requests.exceptions.ConnectionError as e:
+            unreachable = ServerUnreachableError(
+                f"cannot reach the kachery-cloud API server at {self.base_url} ({_reason(e)}); is it running? "
+                "Set KACHERY_CLOUD_API_URL or api_url in config.yaml to use another one"
+            )
+            if _never_sent(e) or idempotent:
+                raise _RetryableFailure(unreachable) from e
+            raise unreachable from None
+        except requests.exceptions.Timeout as e:
+            final = ServerUnreachableError(f"the API server at {self.base_url} did not answer {method} {path} in time")
+            if idempotent:
+                raise _RetryableFailure(final) from e
+            raise final from None
+        if response.status_code < 400:
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise ServerError(
+                    f"{method} {path}: the server at {self.base_url} did not answer JSON",
+                    error_code="bad_response",
+                    status=response.status_code,
+                ) from None
+        error = self._error_from(response, method, path)
+        status = response.status_code
+        if status in (429, 503) or (status >= 500 and idempotent):
+            raise _RetryableFailure(error, retry_after=_retry_after(response))
+        raise error
+
+    def _error_from(self, response: requests.Response, method: str, path: str) -> ServerError:
+        code, message = "http_error", ""
+        try:
+            body = response.json()
+            code = str(body.get("error_code") or code)
+            message = str(body.get("message") or "")
+        except (ValueError, AttributeError):
+            message = response.text[:200].strip()
+        message = message or f"HTTP {response.status_code}"
+        cls = _ERROR_CLASSES.get(code, ServerError)
+        if cls is NotRegisteredError:
+            client = self.identity.client_id if self.identity else "(none)"
+            message = (
+                f"this client ({client}) is not registered with the kachery-cloud server at {self.base_url}; "
+                "run `kachery-cloud-init` (or kcl.init() in a notebook) to register it"
+            )
+        elif code == "stale_timestamp":
+            message = f"{message} (the server at {self.base_url} refused the request)"
+        elif cls is ServerError and response.status_code >= 500:
+            message = f"{method} {path} failed on the server at {self.base_url}: {message}"
+        return cls(message, error_code=code, status=response.status_code)
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    # Retries happen above (each attempt needs a fresh signature), not inside urllib3.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    from .. import __version__
+
+    session.headers["User-Agent"] = f"kachery-cloud/{__version__}"
+    return session
+
+
+def _wait_backoff_or_retry_after(retry_state: tenacity.RetryCallState) -> float:
+    backoff = min(_MAX_BACKOFF_SEC, 0.25 * 2 ** (retry_state.attempt_number - 1))
+    wait = random.uniform(backoff / 2, backoff)  # jitter, so many clients do not retry in lockstep
+    outcome = retry_state.outcome
+    failure = outcome.exception() if outcome is not None else None
+    if isinstance(failure, _RetryableFailure) and failure.retry_after is not None:
+        wait = max(wait, failure.retry_after)
+    return wait
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return min(_MAX_RETRY_AFTER_SEC, max(0.0, float(raw)))
+    except ValueError:
+        return None  # the HTTP-date form is not used by our server
+
+
+def _never_sent(e: requests.exceptions.ConnectionError) -> bool:
+    """Whether the connection failed before the request could reach the server (safe to send again)."""
+    import urllib3.exceptions
+
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "Connection reset"):
+        if marker in text:
+            return marker.lower()
+    return type(e).__name__

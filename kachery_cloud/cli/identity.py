@@ -1,0 +1,38 @@
+"""``kachery-cloud init`` and ``kachery-cloud info``."""
+
+from __future__ import annotations
+
+import click
+
+from .. import registration
+from ..config import load_config
+from ._errors import handle_errors
+
+
+@click.command()
+@click.option("--label", help="Label for this client on the server [default: user@hostname].")
+@handle_errors
+def init(label: str | None) -> None:
+    """Register this client with the API server (prints a sign-in link on a hosted server)."""
+    registration.init(label=label)
+
+
+@click.command()
+@handle_errors
+def info() -> None:
+    """Show this client's id, owner, project and server."""
+    config = load_config()
+    client_id = registration.get_client_id() if not config.ephemeral else "(ephemeral: none)"
+    click.echo(f"Client id: {client_id}")
+    click.echo(f"Server: {config.effective_api_url}")
+    click.echo(f"Directory: {config.dir}")
+    if config.ephemeral:
+        return
+    details = registration.get_client_info()
+    click.echo(f"Owner: {details['user']}")
+    click.echo(f"Label: {details['label']}")
+    project = config.project or details.get("default_project_id") or "(none)"
+    source = "KACHERY_CLOUD_PROJECT / config.yaml" if config.project else "default project"
+    click.echo(f"Project: {project} ({source})")
+    for membership in details.get("projects", []):
+        click.echo(f"  member of {membership['project_id']} as {membership['role']}")

@@ -1,0 +1,196 @@
+"""Layer 4: this client's Ed25519 identity and the signing of API requests.
+
+The client id is the hex of the raw 32-byte public key. The key pair lives in ``$KACHERY_CLOUD_DIR`` as
+``private.pem`` (PKCS#8, mode 0600, or 0640 in multiuser mode where a lab shares one identity) and
+``public.pem``; it is generated on first need. CI machines can instead pass ``KACHERY_CLOUD_CLIENT_ID`` and
+``KACHERY_CLOUD_PRIVATE_KEY`` (64 hex digits of the private key seed, or the PEM text).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import ENV_CLIENT_ID, ENV_PRIVATE_KEY, ClientConfig
+from .errors import ConfigError, LocalFileError
+from .local.fs import Permissions, temp_path_in
+from .request_signing import (
+    HEADER_CLIENT_ID,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    body_digest,
+    signing_message,
+)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+PRIVATE_KEY_FILE = "private.pem"
+PUBLIC_KEY_FILE = "public.pem"
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """A private key and the client id it implies."""
+
+    client_id: str
+    private_key: Ed25519PrivateKey = field(repr=False)
+
+    def sign(self, message: bytes) -> str:
+        return self.private_key.sign(message).hex()
+
+    def signed_headers(self, method: str, target: str, body: bytes) -> dict[str, str]:
+        """The four headers that authenticate one request (see :mod:`kachery_cloud.request_signing`)."""
+        timestamp_ms = int(time.time() * 1000)
+        nonce = secrets.token_hex(16)
+        message = signing_message(
+            method=method,
+            target=target,
+            body_sha256=body_digest(body),
+            timestamp_ms=timestamp_ms,
+            nonce=nonce,
+            client_id=self.client_id,
+        )
+        return {
+            HEADER_CLIENT_ID: self.client_id,
+            HEADER_TIMESTAMP: str(timestamp_ms),
+            HEADER_NONCE: nonce,
+            HEADER_SIGNATURE: self.sign(message),
+        }
+
+
+def client_id_of(private_key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+
+def generate_private_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_hex(private_key: Ed25519PrivateKey) -> str:
+    """The 32-byte seed as hex: the form ``KACHERY_CLOUD_PRIVATE_KEY`` takes."""
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    return private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
+
+
+def parse_private_key(text: str) -> Ed25519PrivateKey:
+    """A private key from 64 hex digits or PEM text; raises ``ValueError`` if it is neither."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    text = text.strip()
+    if len(text) == 64:
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(text))
+    key = load_pem_private_key(text.replace("\\n", "\n").encode("ascii"), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError("not an Ed25519 key")
+    return key
+
+
+def load_identity(config: ClientConfig, *, create: bool = True) -> ClientIdentity | None:
+    """This client's identity: from the environment, else the key files, else (``create``) a new key pair."""
+    if config.env_client_id or config.env_private_key:
+        return _identity_from_env(config)
+    path = config.dir / PRIVATE_KEY_FILE
+    key = _read_private_key_file(path)
+    if key is None:
+        if not create:
+            return None
+        key = _create_key_files(config)
+    return ClientIdentity(client_id=client_id_of(key), private_key=key)
+
+
+def _identity_from_env(config: ClientConfig) -> ClientIdentity:
+    if not (config.env_client_id and config.env_private_key):
+        missing = ENV_PRIVATE_KEY if config.env_client_id else ENV_CLIENT_ID
+        raise ConfigError(f"{ENV_CLIENT_ID} and {ENV_PRIVATE_KEY} must be set together; {missing} is missing")
+    try:
+        key = parse_private_key(config.env_private_key)
+    except ValueError:
+        # Never echo the value: it is a secret.
+        raise ConfigError(
+            f"{ENV_PRIVATE_KEY} is not an Ed25519 private key (expected 64 hex digits or PEM text)"
+        ) from None
+    client_id = client_id_of(key)
+    if client_id != config.env_client_id.lower():
+        raise ConfigError(
+            f"{ENV_CLIENT_ID}={config.env_client_id} does not match {ENV_PRIVATE_KEY}, whose client id is {client_id}"
+        )
+    return ClientIdentity(client_id=client_id, private_key=key)
+
+
+def _read_private_key_file(path: Path) -> Ed25519PrivateKey | None:
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise LocalFileError(
+            f"cannot read the client key {path}: permission denied (in a shared lab directory, set "
+            "'multiuser: true' in config.yaml and ask its owner to make the key group-readable)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LocalFileError(f"cannot read the client key {path}: {e}") from None
+    try:
+        return parse_private_key(text)
+    except ValueError:
+        raise ConfigError(f"{path} is not an Ed25519 private key in PEM form; move it away to make a new one") from None
+
+
+def _create_key_files(config: ClientConfig) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    perms = Permissions(config.multiuser)
+    perms.make_dirs(config.dir)
+    key = generate_private_key()
+    private_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    target = config.dir / PRIVATE_KEY_FILE
+    # Written under a temp name, then hard-linked into place: link fails if another process got there
+    # first, and then its key wins, so concurrent first uses agree on one identity.
+    temp = temp_path_in(config.dir, PRIVATE_KEY_FILE)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o640 if config.multiuser else 0o600)
+        if config.multiuser:
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, -1, config.dir.stat().st_gid)
+        os.write(fd, private_pem)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        try:
+            os.link(temp, target)
+        except FileExistsError:
+            existing = _read_private_key_file(target)
+            if existing is None:
+                raise
+            key = existing
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+    public_pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    public_path = config.dir / PUBLIC_KEY_FILE
+    if not public_path.exists():
+        from .local.fs import atomic_write
+
+        with atomic_write(public_path, perms) as f:
+            f.write(public_pem)
+    return key
