@@ -124,6 +124,8 @@ def complete_with_google(registration_id: str, body: GoogleCredential, context: 
     """Called by the registration page with the ID token Google Identity Services gave the browser."""
     if context.google is None:
         raise Forbidden("Google sign-in is not configured on this server", error_code="registration_disabled")
+    with context.db.transaction() as session:
+        identity.open_registration(session, registration_id)  # before any user is made for a bad link
     google_identity = context.google.verify(body.credential)
     with context.db.transaction() as session:
         user = identity.user_for_google_identity(session, google_identity, context.settings.default_storage_quota_bytes)

@@ -79,7 +79,12 @@ def user_for_google_identity(session: Session, identity: GoogleIdentity, default
     added; a new user gets a personal project as default."""
     user = session.scalars(select(User).where(User.google_sub == identity.sub)).first()
     if user is None:
-        user = session.scalars(select(User).where(User.email == identity.email, User.google_sub.is_(None))).first()
+        user = session.scalars(select(User).where(User.email == identity.email)).first()
+        if user is not None and user.google_sub is not None:
+            raise Conflict(
+                f"{identity.email} belongs to another Google account on this server; ask an administrator",
+                error_code="email_taken",
+            )
         if user is not None:
             user.google_sub = identity.sub
     if user is None:
@@ -182,10 +187,16 @@ def get_registration(session: Session, registration_id: str) -> Registration:
     return registration
 
 
-def complete_registration(session: Session, registration_id: str, user: User) -> Client:
+def open_registration(session: Session, registration_id: str) -> Registration:
+    """A registration that a person may still complete."""
     registration = get_registration(session, registration_id)
     if registration.user_id is None and registration.expires_at_ms < now_ms():
         raise Gone("this registration link has expired; run kachery-cloud-init again")
+    return registration
+
+
+def complete_registration(session: Session, registration_id: str, user: User) -> Client:
+    registration = open_registration(session, registration_id)
     if registration.user_id is not None and registration.user_id != user.id:
         raise Conflict("this registration was already completed by someone else", error_code="registration_used")
     registration.user_id = user.id

@@ -1,0 +1,67 @@
+"""Errors are JSON with a stable error_code; the OpenAPI document is served; migrations match the models."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from api_server.db.models import Base
+from api_server.db.session import Database
+
+from ..servers import PostgresDatabases, RunningServer
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code"),
+    [
+        ("GET", "/api/no-such-endpoint", None, 404, "not_found"),
+        ("DELETE", "/api/health", None, 405, "method_not_allowed"),
+        ("GET", "/api/projects/no-such-project", None, 404, "project_not_found"),
+        ("GET", "/api/projects/default", None, 403, "not_a_member"),
+        ("POST", "/api/registrations/x/google", {"credential": ""}, 422, "invalid_request"),
+        ("POST", "/api/registrations/x/google", "not json", 422, "invalid_request"),
+    ],
+)
+def test_every_error_is_json_with_an_error_code(
+    server: RunningServer, method: str, path: str, body: object, status: int, code: str
+) -> None:
+    kwargs = {"data": body} if isinstance(body, str) else {"json": body}
+    response = requests.request(method, f"{server.url}{path}", **kwargs)
+    assert response.status_code == status, response.text
+    payload = response.json()
+    assert payload["error_code"] == code
+    assert isinstance(payload["message"], str) and payload["message"]
+
+
+def test_the_openapi_document_describes_the_api(server: RunningServer) -> None:
+    document = requests.get(f"{server.url}/openapi.json").json()
+    for path in ("/api/health", "/api/clients/register", "/api/clients/me", "/api/registrations/{registration_id}"):
+        assert path in document["paths"], path
+    assert requests.get(f"{server.url}/docs").status_code == 200
+
+
+def test_health_says_how_clients_register(server: RunningServer) -> None:
+    health = requests.get(f"{server.url}/api/health").json()
+    assert health == {
+        "status": "ok",
+        "version": health["version"],
+        "registration_mode": "local",
+        "signature_window_sec": 60,
+    }
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrations_create_exactly_the_models_and_are_idempotent(
+    backend: str, tmp_path: object, postgres: PostgresDatabases
+) -> None:
+    url = postgres.create() if backend == "postgresql" else f"sqlite:///{tmp_path}/m.db"
+    db = Database(url)
+    try:
+        db.upgrade()
+        db.upgrade()
+        with db.engine.connect() as connection:
+            assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    finally:
+        db.dispose()

@@ -1,0 +1,203 @@
+"""kachery-cloud-server start: first start, restart with the data kept, clean stops, no orphan processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import kachery_cloud as kcl
+
+from ..servers import clean_env, descendants, free_port, healthy, pid_alive, start_server
+
+
+def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if pid_alive(p)]
+
+
+def test_first_start_creates_everything_and_a_restart_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir = tmp_path / "server"
+    server = start_server(data_dir)
+    for name in ("server.db", "s3", "s3-credentials.json", "server.json"):
+        assert (data_dir / name).exists(), name
+    assert (data_dir / "s3-credentials.json").stat().st_mode & 0o077 == 0
+    children = server.child_pids()
+    assert len(children) == 1  # nanio
+    monkeypatch.setenv("KACHERY_CLOUD_API_URL", server.url)
+    info = kcl.init(quiet=True)
+    assert info["default_project_id"] == "default"
+    server.admin("create-project", "kept", "--label", "survives restarts")
+    assert server.stop() == 0
+    assert wait_gone(children) == []
+    assert not (data_dir / "server.json").exists()
+
+    again = start_server(data_dir, port=server.port)
+    try:
+        from kachery_cloud._connection import forget_clients
+
+        forget_clients()
+        info = kcl.get_client_info()  # still registered: the same database and the same key
+        assert info["client_id"] == kcl.get_client_id()
+        assert "kept" in again.admin("list-projects").stdout
+        owners = [line for line in again.admin("list-users").stdout.splitlines() if "local owner" in line]
+        assert len(owners) == 1
+    finally:
+        again.stop()
+
+
+def test_sigint_stops_the_server_and_its_store(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server")
+    children = server.child_pids()
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(timeout=30) == 0
+    assert wait_gone(children) == []
+
+
+def test_kill_9_of_the_server_leaves_no_orphan_store(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server")
+    children = server.child_pids()
+    assert children
+    server.process.kill()
+    server.process.wait()
+    assert wait_gone(children) == [], "nanio outlived the server"
+    # The stale pid file does not stop the next start.
+    again = start_server(tmp_path / "server")
+    again.stop()
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "server")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "api_server.cli",
+                "start",
+                "--data-dir",
+                str(tmp_path / "server"),
+                "--port",
+                str(free_port()),
+            ],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert "another kachery-cloud-server is using" in result.stderr
+        assert str(server.process.pid) in result.stderr
+        assert healthy(server.url)
+    finally:
+        server.stop()
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "one")
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "api_server.cli",
+                "start",
+                "--data-dir",
+                str(tmp_path / "two"),
+                "--port",
+                str(server.port),
+            ],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        server.stop()
+
+
+def test_background_start_then_status_and_stop(tmp_path: Path) -> None:
+    data_dir = tmp_path / "server"
+    port = free_port()
+    env = clean_env()
+    cli = [sys.executable, "-m", "api_server.cli"]
+    started = subprocess.run(
+        [*cli, "start", "--background", "--data-dir", str(data_dir), "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert started.returncode == 0, started.stderr
+    assert f"http://127.0.0.1:{port}" in started.stdout
+    pid = int(started.stdout.split("(pid ")[1].split(")")[0])
+    try:
+        assert requests.get(f"http://127.0.0.1:{port}/api/health").json()["status"] == "ok"
+        status = subprocess.run([*cli, "status", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
+        assert status.returncode == 0 and str(pid) in status.stdout
+        children = descendants(pid)
+        stopped = subprocess.run([*cli, "stop", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not pid_alive(pid)
+        assert wait_gone(children) == []
+        status = subprocess.run([*cli, "status", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
+        assert status.returncode == 1
+        again = subprocess.run([*cli, "stop", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
+        assert again.returncode == 0 and "no server is running" in again.stdout
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_an_external_store_from_the_settings_file_is_used(tmp_path: Path) -> None:
+    # A nanio started by the test stands in for an external S3 service; the server must not start its own.
+    port = free_port()
+    store = subprocess.Popen(
+        [sys.executable, "-m", "nanio", "serve", "--data-dir", str(tmp_path / "ext"), "--host", "127.0.0.1",
+         "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        env={**clean_env(), "NANIO_ACCESS_KEY": "extak", "NANIO_SECRET_KEY": "extsecret"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not _port_open(port):
+            time.sleep(0.05)
+        settings = {
+            "s3": {
+                "endpoint_url": f"http://127.0.0.1:{port}",
+                "bucket": "lab-bucket",
+                "access_key_id": "extak",
+                "secret_access_key": "extsecret",
+                "key_prefix": "kachery/",
+            }
+        }
+        server = start_server(tmp_path / "server", settings=settings)
+        try:
+            assert server.child_pids() == []  # no embedded store
+            assert not (tmp_path / "server" / "s3").exists()
+            assert (tmp_path / "ext" / "lab-bucket").is_dir()  # the bucket was created on the external store
+        finally:
+            server.stop()
+    finally:
+        store.terminate()
+        store.wait()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

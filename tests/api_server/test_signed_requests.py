@@ -1,0 +1,209 @@
+"""Every way of getting a signature wrong is refused, on SQLite and PostgreSQL (real server processes)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import pytest
+import requests
+
+import kachery_cloud as kcl
+from kachery_cloud.identity import ClientIdentity, client_id_of, generate_private_key
+from kachery_cloud.request_signing import (
+    HEADER_CLIENT_ID,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    body_digest,
+    signing_message,
+)
+
+from ..servers import RunningServer
+
+
+def new_identity() -> ClientIdentity:
+    key = generate_private_key()
+    return ClientIdentity(client_id=client_id_of(key), private_key=key)
+
+
+def signed(
+    identity: ClientIdentity, http_method: str, http_target: str, body: bytes = b"", **overrides: object
+) -> dict:
+    """Headers for a request, with any part of the signed message overridden to forge it."""
+    parts = {
+        "method": http_method,
+        "target": http_target,
+        "body_sha256": body_digest(body),
+        "timestamp_ms": int(time.time() * 1000),
+        "nonce": secrets.token_hex(16),
+        "client_id": identity.client_id,
+    }
+    parts.update(overrides)
+    message = signing_message(**parts)  # type: ignore[arg-type]
+    return {
+        HEADER_CLIENT_ID: str(parts["client_id"]),
+        HEADER_TIMESTAMP: str(parts["timestamp_ms"]),
+        HEADER_NONCE: str(parts["nonce"]),
+        HEADER_SIGNATURE: identity.sign(message),
+    }
+
+
+@pytest.fixture
+def registered(connected: RunningServer) -> ClientIdentity:
+    """A client registered (local mode) through kcl.init, and its identity."""
+    kcl.init(quiet=True)
+    from kachery_cloud.config import load_config
+    from kachery_cloud.identity import load_identity
+
+    identity = load_identity(load_config())
+    assert identity is not None
+    return identity
+
+
+def error_code(response: requests.Response) -> str:
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()["error_code"]
+
+
+def test_a_correctly_signed_request_is_accepted(connected: RunningServer, registered: ClientIdentity) -> None:
+    response = requests.get(f"{connected.url}/api/clients/me", headers=signed(registered, "GET", "/api/clients/me"))
+    assert response.status_code == 200, response.text
+    assert response.json()["client_id"] == registered.client_id
+
+
+def test_unsigned_request_to_a_private_endpoint_is_refused(connected: RunningServer) -> None:
+    response = requests.get(f"{connected.url}/api/clients/me")
+    assert response.status_code == 401
+    assert error_code(response) == "missing_signature"
+
+
+def test_partial_signature_headers_are_refused(connected: RunningServer, registered: ClientIdentity) -> None:
+    headers = signed(registered, "GET", "/api/clients/me")
+    del headers[HEADER_NONCE]
+    response = requests.get(f"{connected.url}/api/clients/me", headers=headers)
+    assert response.status_code == 401
+    assert error_code(response) == "missing_signature"
+    assert HEADER_NONCE in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        {"method": "POST"},
+        {"target": "/api/projects/default"},
+        {"body_sha256": body_digest(b'{"label":"x"}')},
+    ],
+    ids=["other-method", "other-path", "other-body"],
+)
+def test_signature_over_different_content_is_refused(
+    connected: RunningServer, registered: ClientIdentity, forgery: dict
+) -> None:
+    response = requests.get(
+        f"{connected.url}/api/clients/me", headers=signed(registered, "GET", "/api/clients/me", **forgery)
+    )
+    assert response.status_code == 401
+    assert error_code(response) == "bad_signature"
+
+
+def test_tampered_signature_bits_are_refused(connected: RunningServer, registered: ClientIdentity) -> None:
+    headers = signed(registered, "GET", "/api/clients/me")
+    sig = headers[HEADER_SIGNATURE]
+    headers[HEADER_SIGNATURE] = sig[:-1] + ("0" if sig[-1] != "0" else "1")
+    response = requests.get(f"{connected.url}/api/clients/me", headers=headers)
+    assert response.status_code == 401
+    assert error_code(response) == "bad_signature"
+
+
+def test_query_string_is_part_of_the_signature(connected: RunningServer, registered: ClientIdentity) -> None:
+    headers = signed(registered, "GET", "/api/projects/default?x=1")
+    ok = requests.get(f"{connected.url}/api/projects/default?x=1", headers=headers)
+    assert ok.status_code == 200, ok.text
+    headers = signed(registered, "GET", "/api/projects/default?x=1")
+    moved = requests.get(f"{connected.url}/api/projects/default?x=2", headers=headers)
+    assert moved.status_code == 401
+    assert error_code(moved) == "bad_signature"
+
+
+@pytest.mark.parametrize("offset_sec", [-61, 61, -3600])
+def test_timestamp_outside_the_window_is_refused(
+    connected: RunningServer, registered: ClientIdentity, offset_sec: int
+) -> None:
+    stale = int((time.time() + offset_sec) * 1000)
+    response = requests.get(
+        f"{connected.url}/api/clients/me", headers=signed(registered, "GET", "/api/clients/me", timestamp_ms=stale)
+    )
+    assert response.status_code == 401
+    assert error_code(response) == "stale_timestamp"
+    assert "clock" in response.json()["message"]
+
+
+def test_timestamp_inside_the_window_is_accepted(connected: RunningServer, registered: ClientIdentity) -> None:
+    slightly_off = int((time.time() - 50) * 1000)
+    response = requests.get(
+        f"{connected.url}/api/clients/me",
+        headers=signed(registered, "GET", "/api/clients/me", timestamp_ms=slightly_off),
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_replayed_request_is_refused(connected: RunningServer, registered: ClientIdentity) -> None:
+    headers = signed(registered, "GET", "/api/clients/me")
+    first = requests.get(f"{connected.url}/api/clients/me", headers=headers)
+    assert first.status_code == 200
+    replay = requests.get(f"{connected.url}/api/clients/me", headers=headers)
+    assert replay.status_code == 401
+    assert error_code(replay) == "replayed_nonce"
+
+
+def test_a_nonce_is_per_client(connected: RunningServer, registered: ClientIdentity) -> None:
+    # Another client may (by chance) use the same nonce: that is not a replay.
+    other = new_identity()
+    nonce = "ab" * 16
+    mine = requests.get(
+        f"{connected.url}/api/clients/me", headers=signed(registered, "GET", "/api/clients/me", nonce=nonce)
+    )
+    assert mine.status_code == 200
+    theirs = requests.get(
+        f"{connected.url}/api/clients/me", headers=signed(other, "GET", "/api/clients/me", nonce=nonce)
+    )
+    assert error_code(theirs) == "client_not_registered"
+
+
+def test_signing_for_another_client_id_is_refused(connected: RunningServer, registered: ClientIdentity) -> None:
+    attacker = new_identity()
+    # The attacker signs with its own key but claims the registered client's id.
+    headers = signed(attacker, "GET", "/api/clients/me", client_id=registered.client_id)
+    response = requests.get(f"{connected.url}/api/clients/me", headers=headers)
+    assert response.status_code == 401
+    assert error_code(response) == "bad_signature"
+
+
+def test_malformed_headers_are_refused(connected: RunningServer, registered: ClientIdentity) -> None:
+    headers = signed(registered, "GET", "/api/clients/me")
+    headers[HEADER_CLIENT_ID] = "not-hex"
+    response = requests.get(f"{connected.url}/api/clients/me", headers=headers)
+    assert response.status_code == 401
+    assert error_code(response) == "malformed_signature"
+
+
+def test_registration_without_the_private_key_is_refused(connected: RunningServer) -> None:
+    victim = new_identity()  # someone else's public key, which the attacker knows
+    attacker = new_identity()
+    body = json.dumps({"label": "stolen"}).encode()
+    headers = signed(attacker, "POST", "/api/clients/register", body, client_id=victim.client_id)
+    headers["Content-Type"] = "application/json"
+    response = requests.post(f"{connected.url}/api/clients/register", data=body, headers=headers)
+    assert response.status_code == 401
+    assert error_code(response) == "bad_signature"
+    unsigned = requests.post(f"{connected.url}/api/clients/register", json={"label": "stolen"})
+    assert unsigned.status_code == 401
+    listed = connected.admin("list-clients", "--json").stdout
+    assert victim.client_id not in listed
+
+
+def test_a_removed_client_is_no_longer_accepted(connected: RunningServer, registered: ClientIdentity) -> None:
+    connected.admin("remove-client", registered.client_id)
+    with pytest.raises(kcl.NotRegisteredError, match="kachery-cloud-init"):
+        kcl.get_client_info()

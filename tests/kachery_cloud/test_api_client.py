@@ -1,0 +1,164 @@
+"""The API client's retries, timeouts and error mapping, against a real local HTTP server that misbehaves on
+purpose (fault injection at the HTTP edge; the API server itself is tested in tests/api_server)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import kachery_cloud as kcl
+from kachery_cloud.api.client import ApiClient
+from kachery_cloud.identity import ClientIdentity, client_id_of, generate_private_key
+from kachery_cloud.request_signing import HEADER_NONCE
+
+from ..servers import free_port
+
+
+class Script:
+    """Responses to hand out in order: (status, body, headers); the last one repeats."""
+
+    def __init__(self) -> None:
+        self.responses: list[tuple[int, dict, dict]] = []
+        self.requests: list[dict] = []
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[str, Script]]:
+    script = Script()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            script.requests.append(
+                {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
+            )
+            index = min(len(script.requests), len(script.responses)) - 1
+            status, payload, headers = script.responses[index]
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            for k, v in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", script
+    httpd.shutdown()
+
+
+def identity() -> ClientIdentity:
+    key = generate_private_key()
+    return ClientIdentity(client_id=client_id_of(key), private_key=key)
+
+
+def test_503_is_retried_with_a_fresh_signature_and_retry_after_is_honoured(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.responses = [
+        (503, {"error_code": "unavailable", "message": "busy"}, {"Retry-After": "1"}),
+        (200, {"ok": True}, {}),
+    ]
+    client = ApiClient(url, identity())
+    started = time.monotonic()
+    assert client.call("POST", "/api/x", json_body={"a": 1}, idempotent=False) == {"ok": True}
+    assert time.monotonic() - started >= 1.0
+    nonces = [r["headers"][HEADER_NONCE] for r in script.requests]
+    assert len(nonces) == 2 and nonces[0] != nonces[1]
+
+
+def test_429_is_retried_then_reported(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.responses = [(429, {"error_code": "rate_limited", "message": "slow down"}, {"Retry-After": "0"})]
+    client = ApiClient(url, identity(), max_attempts=3)
+    with pytest.raises(kcl.RateLimitedError, match="slow down"):
+        client.call("GET", "/api/x")
+    assert len(script.requests) == 3
+
+
+def test_500_is_retried_only_for_idempotent_calls(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.responses = [(500, {"error_code": "internal_error", "message": "boom"}, {})]
+    client = ApiClient(url, identity(), max_attempts=3)
+    with pytest.raises(kcl.ServerError, match="boom") as error:
+        client.call("POST", "/api/append", json_body={}, idempotent=False)
+    assert error.value.error_code == "internal_error" and error.value.status == 500
+    assert len(script.requests) == 1
+    with pytest.raises(kcl.ServerError):
+        client.call("GET", "/api/read")
+    assert len(script.requests) == 4
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "cls", "text"),
+    [
+        ("client_not_registered", 401, kcl.NotRegisteredError, "kachery-cloud-init"),
+        ("not_a_member", 403, kcl.PermissionDeniedError, "not a member"),
+        ("stale_timestamp", 401, kcl.AuthenticationError, "clock"),
+        ("project_not_found", 404, kcl.ServerError, "no such project"),
+    ],
+)
+def test_error_codes_map_to_exceptions_with_actionable_messages(
+    fake: tuple[str, Script], code: str, status: int, cls: type, text: str
+) -> None:
+    url, script = fake
+    messages = {"not_a_member": "alice is not a member of project p", "stale_timestamp": "check this machine's clock"}
+    script.responses = [(status, {"error_code": code, "message": messages.get(code, "no such project")}, {})]
+    with pytest.raises(cls, match=text) as error:
+        ApiClient(url, identity()).call("GET", "/api/x")
+    assert error.value.error_code == code
+    assert len(script.requests) == 1  # 4xx are not retried
+
+
+def test_an_unreachable_server_names_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    client = ApiClient(url, identity(), max_attempts=2)
+    with pytest.raises(kcl.ServerUnreachableError, match=url) as error:
+        client.call("GET", "/api/health")
+    assert isinstance(error.value, ConnectionError)
+    assert "KACHERY_CLOUD_API_URL" in str(error.value)
+
+
+def test_kcl_functions_report_an_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("KACHERY_CLOUD_API_URL", url)
+    from kachery_cloud._connection import forget_clients
+
+    forget_clients()
+    with pytest.raises(kcl.ServerUnreachableError, match="connection refused"):
+        kcl.get_client_info()
+
+
+def test_a_server_that_never_answers_is_reported_after_retries(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.responses = [(200, {"ok": True}, {})]
+    client = ApiClient(url, identity(), timeout=(1.0, 0.5), max_attempts=2)
+    # A server that accepts but never answers: a raw socket that listens without responding.
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        stuck = ApiClient(f"http://127.0.0.1:{port}", identity(), timeout=(1.0, 0.3), max_attempts=2)
+        with pytest.raises(kcl.ServerUnreachableError, match="did not answer"):
+            stuck.call("GET", "/api/x")
+    assert client.call("GET", "/api/x") == {"ok": True}
+
+
+def test_anonymous_clients_send_no_signature(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.responses = [(200, {}, {})]
+    ApiClient(url, None).call("GET", "/api/projects/p")
+    assert HEADER_NONCE not in script.requests[0]["headers"]
