@@ -83,6 +83,11 @@ def start(
     if not background:
         runner.run_foreground(settings)
         return
+    running = runner.read_pid_file(settings.resolved_data_dir)
+    if running is not None:
+        # Re-running a setup script should not fail because the server is already up.
+        click.echo(f"kachery-cloud-server is already running at {running['url']} (pid {running['pid']})")
+        return
     argv = [sys.executable, "-m", "api_server.cli", "start", "--data-dir", str(settings.resolved_data_dir)]
     if settings_file is not None:
         argv += ["--settings", str(settings_file.absolute())]

@@ -149,6 +149,11 @@ def test_background_start_then_status_and_stop(tmp_path: Path) -> None:
         assert requests.get(f"http://127.0.0.1:{port}/api/health").json()["status"] == "ok"
         status = subprocess.run([*cli, "status", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
         assert status.returncode == 0 and str(pid) in status.stdout
+        twice = subprocess.run(
+            [*cli, "start", "--background", "--data-dir", str(data_dir), "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert twice.returncode == 0 and f"already running at http://127.0.0.1:{port} (pid {pid})" in twice.stdout
         children = descendants(pid)
         stopped = subprocess.run([*cli, "stop", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
         assert stopped.returncode == 0, stopped.stderr
