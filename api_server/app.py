@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +30,7 @@ def create_app(context: ServerContext) -> FastAPI:
         "client's Ed25519 key; see the X-Kachery-* headers.",
     )
     app.state.context = context
+    app.add_middleware(_RequestGuard, allowed_hosts=_allowed_hosts(context))
     for router in (health.router, clients.router, projects.router, pages.router):
         app.include_router(router)
 
@@ -61,6 +63,79 @@ def create_app(context: ServerContext) -> FastAPI:
         return _error(500, "internal_error", "internal server error; the server log has the details")
 
     return app
+
+
+MAX_BODY_BYTES = 1 << 20  # API bodies are small JSON; blob bytes never come here
+
+
+class _RequestGuard:
+    """Checks every request before the app sees it:
+
+    - the Host header names this server (stops DNS rebinding, where a web page points its own domain at
+      127.0.0.1 and drives the local API from a visitor's browser);
+    - the body is at most :data:`MAX_BODY_BYTES` (413 before reading it when Content-Length says so);
+    - responses forbid framing (clickjacking of the registration page).
+    """
+
+    def __init__(self, app: Any, allowed_hosts: list[str]) -> None:
+        self.app = app
+        self.allowed_hosts = None if "*" in allowed_hosts else {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.allowed_hosts is not None:
+            host = _host_name(headers.get(b"host", b"").decode("latin-1"))
+            if host not in self.allowed_hosts:
+                await _error(400, "invalid_host", "this server does not answer to that host name")(scope, receive, send)
+                return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await _error(413, "request_too_large", f"request body over {MAX_BODY_BYTES} bytes")(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise StarletteHTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+            return message
+
+        async def framing_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", b"frame-ancestors 'none'"),
+                ]
+            await send(message)
+
+        await self.app(scope, limited_receive, framing_send)
+
+
+def _host_name(host_header: str) -> str:
+    """``example.org:7733`` → ``example.org``; ``[::1]:7733`` → ``::1``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _allowed_hosts(context: ServerContext) -> list[str]:
+    from urllib.parse import urlsplit
+
+    hosts = {"localhost", "127.0.0.1", "::1", context.settings.host}
+    public_host = urlsplit(context.server_url).hostname
+    if public_host:
+        hosts.add(public_host)
+    if context.settings.host in ("0.0.0.0", "::"):
+        return ["*"]  # listening everywhere without a public_url: any name may be used
+    return sorted(hosts)
 
 
 def _error(

@@ -96,7 +96,8 @@ class RequestAuthenticator:
         )
         if not verify_signature(client_id, message, signature):
             raise AuthenticationFailed("request signature does not verify", error_code="bad_signature")
-        self._remember_nonce(client_id, nonce, timestamp_ms + self.window_ms + 1000)
+        # Kept for twice the window, so replicas whose clocks differ a little still agree on replays.
+        self._remember_nonce(client_id, nonce, timestamp_ms + 2 * self.window_ms)
         return client_id
 
     def _remember_nonce(self, client_id: str, nonce: str, expires_at_ms: int) -> None:

@@ -50,7 +50,11 @@ def _fail_cleanly(command: F) -> F:
         except (ServerStartError, EmbeddedStoreError, FileNotFoundError) as e:
             raise click.ClickException(str(e)) from None
         except ValidationError as e:
-            raise click.ClickException(f"invalid settings:\n{e}") from None
+            # Only where and what: pydantic's own text repeats the input, which may be a password or secret.
+            problems = "\n".join(
+                f"  {'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}" for err in e.errors()
+            )
+            raise click.ClickException(f"invalid settings:\n{problems}") from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -45,6 +45,19 @@ def _raise_terminated(_signum: int, _frame: object) -> None:
 
 def run_foreground(settings: Settings, *, announce: bool = True) -> None:
     """Serve until SIGINT/SIGTERM; then stop the API, then the embedded store."""
+
+    # From here on a SIGTERM ends with the cleanup below (nanio stopped, pid file removed), also while the
+    # store starts or migrations run. uvicorn later re-raises the signal through this same handler.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        _run_foreground(settings, announce=announce)
+    except _Terminated:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_foreground(settings: Settings, *, announce: bool) -> None:
     import uvicorn
     from filelock import FileLock, Timeout
 
@@ -75,6 +88,7 @@ def run_foreground(settings: Settings, *, announce: bool = True) -> None:
         context = ServerContext.build(settings, storage)
         context.db.upgrade()
         with context.db.transaction() as session:
+            context.db.serialize_startup(session)  # replicas starting together create one owner, not two
             owner = identity.ensure_local_owner(session)
             owner_name = owner.name
         app = create_app(context)
@@ -90,16 +104,14 @@ def run_foreground(settings: Settings, *, announce: bool = True) -> None:
                 flush=True,
             )
         config = uvicorn.Config(app, log_level=settings.log_level, access_log=settings.log_level == "debug")
-        # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal with the handler that
-        # was in place before; make that handler end run() with an exception, so the cleanup below runs.
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
+            # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the handler that
+            # was in place before (ours, raising _Terminated; Python's, raising KeyboardInterrupt).
             uvicorn.Server(config).run(sockets=[sock])
-        except (_Terminated, KeyboardInterrupt):
+        except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
-        context.db.dispose()
+            context.db.dispose()
     finally:
         if embedded is not None:
             embedded.stop()
@@ -117,7 +129,9 @@ def start_background(settings: Settings, argv: list[str], *, timeout_sec: float 
         process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
         )
-    url = settings.resolved_public_url
+    # Asked directly on host:port: a public_url may point at a proxy that is not up yet.
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else "[::1]" if settings.host == "::" else settings.host
+    url = f"http://{f'[{host}]' if ':' in host and not host.startswith('[') else host}:{settings.port}"
     deadline = time.monotonic() + timeout_sec
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -151,14 +165,26 @@ def stop(data_dir: Path, *, timeout_sec: float = 30.0) -> dict | None:
 
 
 def read_pid_file(data_dir: Path) -> dict | None:
-    """The running server's pid and URL, or None if the file is missing or its process is gone."""
+    """The running server's pid and URL, or None if no server holds the data directory's lock.
+
+    The lock, not the pid, says whether a server runs: after a kill -9 the pid file stays and its pid may
+    belong to an unrelated process by now, which ``stop`` must not signal.
+    """
+    from filelock import FileLock, Timeout
+
     try:
         info = json.loads((data_dir / PID_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(info, dict) or not isinstance(info.get("pid"), int) or not _alive(info["pid"]):
         return None
-    return info
+    probe = FileLock(data_dir / LOCK_FILE)
+    try:
+        probe.acquire(timeout=0)
+    except Timeout:
+        return info  # held: the server is running
+    probe.release()
+    return None
 
 
 def _write_pid_file(data_dir: Path, url: str) -> None:

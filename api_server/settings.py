@@ -23,6 +23,7 @@ Example settings file naming an external store::
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,7 +75,8 @@ class Settings(BaseSettings):
     # With a Google OAuth client id, registration goes through Google sign-in on the server's page.
     google_client_id: str | None = None
     google_certs_url: str = GOOGLE_CERTS_URL
-    # auto: google if google_client_id is set, else local if the server listens on loopback only, else none.
+    # auto: google if google_client_id is set, else local if the server listens on loopback only and public_url
+    # (if set) is a loopback address too, else none.
     registration: Literal["auto", "local", "google", "none"] = "auto"
     signature_window_sec: int = Field(60, ge=5, le=3600)
     registration_ttl_sec: int = Field(900, ge=60)
@@ -123,7 +125,23 @@ class Settings(BaseSettings):
             return self.registration
         if self.google_client_id:
             return "google"
-        return "local" if self.listens_on_loopback_only else "none"
+        # Behind a reverse proxy every request comes from loopback: a public_url elsewhere means the server is
+        # reachable by others, and local registration would hand them the owner's rights.
+        return "local" if self.listens_on_loopback_only and self._public_url_is_loopback else "none"
+
+    @property
+    def _public_url_is_loopback(self) -> bool:
+        from urllib.parse import urlsplit
+
+        if not self.public_url:
+            return True
+        host = urlsplit(self.public_url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
 
 def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settings:
@@ -133,9 +151,9 @@ def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settin
     """
     given = {k: v for k, v in overrides.items() if v is not None}
     if settings_file is None:
-        # The data directory can come from the overrides or the environment, never from the file itself.
-        probe = Settings(**{k: v for k, v in given.items() if k == "data_dir"})
-        candidate = probe.resolved_data_dir / SETTINGS_FILE_NAME
+        # The data directory comes from the options or the environment, never from the file it contains.
+        data_dir = given.get("data_dir") or os.environ.get(f"{ENV_PREFIX}DATA_DIR") or DEFAULT_DATA_DIR
+        candidate = Path(data_dir).expanduser().absolute() / SETTINGS_FILE_NAME
         settings_file = candidate if candidate.is_file() else None
     elif not settings_file.is_file():
         raise FileNotFoundError(f"settings file {settings_file} does not exist")

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from .config import load_config
-from .errors import ConfigError, NotRegisteredError
+from .errors import ConfigError, NotRegisteredError, ServerError
 from .identity import load_identity
 
 REGISTRATION_TIMEOUT_SEC = 15 * 60
@@ -92,11 +92,13 @@ def _default_label() -> str:
 
 
 def _show_link(answer: dict[str, Any], *, quiet: bool) -> None:
-    url = answer["registration_url"]
+    url = str(answer["registration_url"])
+    if not url.startswith(("https://", "http://")):
+        raise ServerError(f"the server sent an unusable registration link {url[:100]!r}", error_code="bad_response")
     lines = [
-        "To register this client, open this link and sign in:",
+        "To register this client, open this link, sign in, and enter this code:",
         f"  {url}",
-        f"Check that the page shows the code {answer['verification_code']}.",
+        f"  code: {answer['verification_code']}",
         "Waiting for the registration to complete (Ctrl-C to stop)...",
     ]
     if _in_notebook():

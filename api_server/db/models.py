@@ -88,8 +88,10 @@ class Registration(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the secret in the registration link
     client_id: Mapped[str] = mapped_column(String(64), index=True)
     label: Mapped[str] = mapped_column(String(255), default="")
-    # Shown by kachery-cloud-init and on the page, so the person can check they link their own machine.
+    # Printed only by kachery-cloud-init; the person types it on the page, which proves they see the terminal
+    # of the machine being linked (a link sent by someone else, or a leaked one, is not enough).
     verification_code: Mapped[str] = mapped_column(String(16))
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     expires_at_ms: Mapped[int] = mapped_column(BigInteger)

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_STARTUP_LOCK_KEY = 7733_0001  # an arbitrary constant naming "kachery-cloud server startup" among advisory locks
 
 
 class Database:
@@ -46,7 +47,15 @@ class Database:
         from alembic import command
 
         with self.engine.begin() as connection:
+            if not self.is_sqlite:
+                # Several replicas may start at once; one migrates, the others wait and find nothing to do.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_STARTUP_LOCK_KEY})")
             command.upgrade(alembic_config(self.url, connection), "head")
+
+    def serialize_startup(self, session: Session) -> None:
+        """Hold the startup lock until ``session``'s transaction ends (SQLite: its write lock already does)."""
+        if not self.is_sqlite:
+            session.connection().exec_driver_sql(f"SELECT pg_advisory_xact_lock({_STARTUP_LOCK_KEY})")
 
     def dispose(self) -> None:
         self.engine.dispose()

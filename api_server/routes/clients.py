@@ -52,6 +52,7 @@ class RegistrationStatus(BaseModel):
 
 class GoogleCredential(BaseModel):
     credential: str = Field(..., min_length=1, max_length=8192)
+    verification_code: str = Field(..., min_length=1, max_length=32)
 
 
 class GoogleRegistrationResult(BaseModel):
@@ -125,7 +126,14 @@ def complete_with_google(registration_id: str, body: GoogleCredential, context: 
     if context.google is None:
         raise Forbidden("Google sign-in is not configured on this server", error_code="registration_disabled")
     with context.db.transaction() as session:
-        identity.open_registration(session, registration_id)  # before any user is made for a bad link
+        # Checked before the token, and before any user is made: a bad link or code links nothing.
+        registration = identity.open_registration(session, registration_id)
+        code_ok = identity.check_verification_code(registration, body.verification_code)
+    if not code_ok:
+        raise Forbidden(
+            "that is not the code kachery-cloud-init printed; check it and try again",
+            error_code="wrong_verification_code",
+        )
     google_identity = context.google.verify(body.credential)
     with context.db.transaction() as session:
         user = identity.user_for_google_identity(session, google_identity, context.settings.default_storage_quota_bytes)

@@ -7,7 +7,7 @@ import getpass
 import secrets
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from kachery_cloud.request_signing import CLIENT_ID_RE
@@ -91,7 +91,7 @@ def user_for_google_identity(session: Session, identity: GoogleIdentity, default
         user = User(name=_unique_user_name(session, identity.email), email=identity.email, google_sub=identity.sub)
         session.add(user)
         session.flush()
-    if user.default_project_id is None:
+    if user.default_project_id is None and not projects.projects_of_user(session, user):
         projects.create_project(
             session, owner=user, label=f"personal project of {user.name}", storage_quota_bytes=default_quota
         )
@@ -140,6 +140,8 @@ def remove_client(session: Session, client_id: str) -> None:
     if client is None:
         raise NotFound(f"client {client_id} is not registered", error_code="client_not_found")
     session.delete(client)
+    # An old registration link must not bring the client back.
+    session.execute(delete(Registration).where(Registration.client_id == client_id))
 
 
 def list_clients(session: Session) -> list[tuple[Client, User]]:
@@ -166,13 +168,20 @@ def client_info(session: Session, client: Client, server_url: str) -> dict[str, 
 # --- browser registration ---
 
 
+MAX_CODE_ATTEMPTS = 5
+
+
 def start_registration(session: Session, client_id: str, label: str, ttl_sec: int) -> Registration:
     """A pending registration for a client that proved its key; its id is the secret in the link."""
+    # Expired registrations are of no use to anyone: drop them (a day late, so a late page view still
+    # says "expired" rather than "unknown").
+    session.execute(delete(Registration).where(Registration.expires_at_ms < now_ms() - 86_400_000))
     registration = Registration(
         id=secrets.token_urlsafe(24),
         client_id=validate_client_id(client_id),
         label=clean_label(label),
         verification_code=_verification_code(),
+        failed_attempts=0,
         expires_at_ms=now_ms() + ttl_sec * 1000,
     )
     session.add(registration)
@@ -190,15 +199,27 @@ def get_registration(session: Session, registration_id: str) -> Registration:
 def open_registration(session: Session, registration_id: str) -> Registration:
     """A registration that a person may still complete."""
     registration = get_registration(session, registration_id)
-    if registration.user_id is None and registration.expires_at_ms < now_ms():
+    if registration.user_id is not None:
+        raise Conflict("this registration link was already used", error_code="registration_used")
+    if registration.expires_at_ms < now_ms():
         raise Gone("this registration link has expired; run kachery-cloud-init again")
     return registration
 
 
+def check_verification_code(registration: Registration, typed: str) -> bool:
+    """Whether ``typed`` is the code kachery-cloud-init printed (case, spaces and dashes ignored). After
+    :data:`MAX_CODE_ATTEMPTS` wrong codes the registration is closed. The caller commits either way."""
+    expected = _normalize_code(registration.verification_code)
+    if secrets.compare_digest(_normalize_code(typed).encode(), expected.encode()):
+        return True
+    registration.failed_attempts += 1
+    if registration.failed_attempts >= MAX_CODE_ATTEMPTS:
+        registration.expires_at_ms = 0
+    return False
+
+
 def complete_registration(session: Session, registration_id: str, user: User) -> Client:
     registration = open_registration(session, registration_id)
-    if registration.user_id is not None and registration.user_id != user.id:
-        raise Conflict("this registration was already completed by someone else", error_code="registration_used")
     registration.user_id = user.id
     return link_client(session, user, registration.client_id, registration.label)
 
@@ -207,6 +228,10 @@ def registration_state(registration: Registration) -> str:
     if registration.user_id is not None:
         return "registered"
     return "expired" if registration.expires_at_ms < now_ms() else "pending"
+
+
+def _normalize_code(code: str) -> str:
+    return "".join(c for c in code.upper() if c.isalnum())[:32]
 
 
 def _verification_code() -> str:

@@ -37,7 +37,6 @@ def register_page(registration_id: str, request: Request, context: ContextDep) -
                 state=identity.registration_state(registration),
                 client_id=registration.client_id,
                 label=registration.label,
-                verification_code=registration.verification_code,
                 minutes_left=max(0, (registration.expires_at_ms - now_ms()) // 60000),
                 complete_url=f"{context.server_url}/api/registrations/{registration.id}/google",
             )

@@ -126,7 +126,8 @@ class ApiClient:
             # Sign the target exactly as it will be sent (requests has encoded the query by now).
             prepared.headers.update(self.identity.signed_headers(method, prepared.path_url, body))
         try:
-            response = self.session.send(prepared, timeout=timeout)
+            # No redirects: they would carry the signed headers elsewhere or turn a POST into a GET.
+            response = self.session.send(prepared, timeout=timeout, allow_redirects=False)
         except requests.exceptions.ConnectionError as e:
             unreachable = ServerUnreachableError(
                 f"cannot reach the kachery-cloud API server at {self.base_url} ({_reason(e)}); is it running? "
@@ -140,6 +141,13 @@ class ApiClient:
             if idempotent:
                 raise _RetryableFailure(final) from e
             raise final from None
+        if 300 <= response.status_code < 400:
+            raise ServerError(
+                f"{method} {path}: the server at {self.base_url} redirects to {response.headers.get('Location')}; "
+                "set KACHERY_CLOUD_API_URL to the final address",
+                error_code="redirect",
+                status=response.status_code,
+            )
         if response.status_code < 400:
             if not response.content:
                 return None

@@ -65,3 +65,31 @@ def test_migrations_create_exactly_the_models_and_are_idempotent(
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     finally:
         db.dispose()
+
+
+def test_requests_for_another_host_name_are_refused(server: RunningServer) -> None:
+    # DNS rebinding: a web page's own domain pointed at 127.0.0.1 arrives with that domain as Host.
+    response = requests.get(f"{server.url}/api/health", headers={"Host": "attacker.example"})
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "invalid_host"
+    assert requests.get(f"{server.url}/api/health", headers={"Host": f"localhost:{server.port}"}).status_code == 200
+
+
+def test_oversized_bodies_are_refused_before_reading(server: RunningServer) -> None:
+    response = requests.post(f"{server.url}/api/clients/register", data=b"x" * (2 << 20))
+    assert response.status_code == 413
+    assert response.json()["error_code"] == "request_too_large"
+
+    def chunks():  # no Content-Length: the limit applies while reading
+        for _ in range(40):
+            yield b"y" * 65536
+
+    response = requests.post(f"{server.url}/api/registrations/x/google", data=chunks())
+    assert response.status_code == 413
+    assert response.json()["error_code"] == "request_too_large"
+
+
+def test_pages_may_not_be_framed(server: RunningServer) -> None:
+    response = requests.get(f"{server.url}/")
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]

@@ -206,3 +206,26 @@ def _port_open(port: int) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_stale_pid_file_never_makes_stop_signal_a_stranger(tmp_path: Path) -> None:
+    data_dir = tmp_path / "server"
+    data_dir.mkdir()
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        # What a kill -9 leaves behind, with the pid since reused by an unrelated process.
+        (data_dir / "server.json").write_text(f'{{"pid": {stranger.pid}, "url": "http://127.0.0.1:1"}}')
+        cli = [sys.executable, "-m", "api_server.cli"]
+        status = subprocess.run(
+            [*cli, "status", "--data-dir", str(data_dir)], env=clean_env(), capture_output=True, text=True
+        )
+        assert status.returncode == 1
+        stopped = subprocess.run(
+            [*cli, "stop", "--data-dir", str(data_dir)], env=clean_env(), capture_output=True, text=True
+        )
+        assert "no server is running" in stopped.stdout
+        time.sleep(0.2)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -141,7 +141,7 @@ class InitProcess:
 def start_init(server: RunningServer, tmp_path: Path) -> tuple[InitProcess, str, str]:
     init = InitProcess(server, tmp_path / "client")
     url = init.read_until(r"(http://\S+/register/(\S+))")
-    code = init.read_until(r"code ([A-Z0-9]{4}-[A-Z0-9]{4})").group(1)
+    code = init.read_until(r"code: ([A-Z0-9]{4}-[A-Z0-9]{4})").group(1)
     return init, url.group(1), code
 
 
@@ -152,13 +152,15 @@ def test_init_prints_a_link_and_completes_when_the_person_signs_in(
     init, link, code = start_init(google_server, tmp_path)
     page = requests.get(link)
     assert page.status_code == 200
-    assert code in page.text and GOOGLE_CLIENT_ID in page.text and "accounts.google.com/gsi/client" in page.text
+    assert GOOGLE_CLIENT_ID in page.text and "accounts.google.com/gsi/client" in page.text
+    # The page asks for the code; showing it would let a phished person link someone else's machine.
+    assert code not in page.text
     registration_id = link.rsplit("/", 1)[1]
     time.sleep(1)  # init is polling meanwhile; it must still be waiting
     assert init.process.poll() is None
     answer = requests.post(
         f"{google_server.url}/api/registrations/{registration_id}/google",
-        json={"credential": keys.id_token(sub="g-alice", email="alice@example.org")},
+        json={"credential": keys.id_token(sub="g-alice", email="alice@example.org"), "verification_code": code.lower()},
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["user"] == "alice@example.org"
@@ -177,11 +179,12 @@ def test_a_person_added_by_email_before_signing_in_gets_that_project(
     keys, _ = google_keys
     google_server.admin("create-project", "bob-lab")
     google_server.admin("add-member", "bob-lab", "Bob@Example.org", "--role", "write")
-    init, link, _ = start_init(google_server, tmp_path)
+    init, link, code = start_init(google_server, tmp_path)
     registration_id = link.rsplit("/", 1)[1]
     token = keys.id_token(sub="g-bob", email="bob@example.org")
     answer = requests.post(
-        f"{google_server.url}/api/registrations/{registration_id}/google", json={"credential": token}
+        f"{google_server.url}/api/registrations/{registration_id}/google",
+        json={"credential": token, "verification_code": code},
     )
     assert answer.status_code == 200, answer.text
     returncode, out, err = init.finish()
@@ -205,15 +208,14 @@ def test_bad_id_tokens_are_refused_and_link_nothing(
     google_server: RunningServer, google_keys: tuple[FakeGoogleKeys, str], tmp_path: Path, claims: dict
 ) -> None:
     keys, _ = google_keys
-    init, link, _ = start_init(google_server, tmp_path)
+    init, link, code = start_init(google_server, tmp_path)
     try:
         registration_id = link.rsplit("/", 1)[1]
         answer = requests.post(
             f"{google_server.url}/api/registrations/{registration_id}/google",
             json={
-                "credential": keys.id_token(sub="g-mallory", email="mallory@example.org")
-                if not claims
-                else keys.id_token(**claims)
+                "verification_code": code,
+                "credential": keys.id_token(**{"sub": "g-mallory", "email": "mallory@example.org", **claims}),
             },
         )
         assert answer.status_code == 401, answer.text
@@ -229,11 +231,11 @@ def test_a_token_signed_by_another_key_is_refused(
     google_server: RunningServer, google_keys: tuple[FakeGoogleKeys, str], tmp_path: Path
 ) -> None:
     impostor = FakeGoogleKeys()  # same key id, different key: not the one the certs endpoint publishes
-    init, link, _ = start_init(google_server, tmp_path)
+    init, link, code = start_init(google_server, tmp_path)
     try:
         answer = requests.post(
             f"{google_server.url}/api/registrations/{link.rsplit('/', 1)[1]}/google",
-            json={"credential": impostor.id_token(sub="g-eve", email="eve@example.org")},
+            json={"credential": impostor.id_token(sub="g-eve", email="eve@example.org"), "verification_code": code},
         )
         assert answer.status_code == 401
         assert answer.json()["error_code"] == "invalid_id_token"
@@ -249,7 +251,8 @@ def test_unknown_registration_links_and_foreign_polls_are_refused(
     page = requests.get(f"{google_server.url}/register/no-such-registration")
     assert page.status_code == 404
     answer = requests.post(
-        f"{google_server.url}/api/registrations/no-such-registration/google", json={"credential": keys.id_token()}
+        f"{google_server.url}/api/registrations/no-such-registration/google",
+        json={"credential": keys.id_token(), "verification_code": "AAAA-BBBB"},
     )
     assert answer.status_code == 404
     assert answer.json()["error_code"] == "registration_not_found"
@@ -261,19 +264,22 @@ def test_an_email_owned_by_another_google_account_is_a_conflict(
     google_server: RunningServer, google_keys: tuple[FakeGoogleKeys, str], tmp_path: Path
 ) -> None:
     keys, _ = google_keys
-    init, link, _ = start_init(google_server, tmp_path)
+    init, link, code = start_init(google_server, tmp_path)
     try:
         registration = link.rsplit("/", 1)[1]
         first = requests.post(
             f"{google_server.url}/api/registrations/{registration}/google",
-            json={"credential": keys.id_token(sub="g-carol", email="carol@example.org")},
+            json={"credential": keys.id_token(sub="g-carol", email="carol@example.org"), "verification_code": code},
         )
         assert first.status_code == 200
         init.finish()
-        init2, link2, _ = start_init(google_server, tmp_path / "other")
+        init2, link2, code2 = start_init(google_server, tmp_path / "other")
         other = requests.post(
             f"{google_server.url}/api/registrations/{link2.rsplit('/', 1)[1]}/google",
-            json={"credential": keys.id_token(sub="g-not-carol", email="carol@example.org")},
+            json={
+                "credential": keys.id_token(sub="g-not-carol", email="carol@example.org"),
+                "verification_code": code2,
+            },
         )
         assert other.status_code == 409
         assert other.json()["error_code"] == "email_taken"
@@ -282,3 +288,44 @@ def test_an_email_owned_by_another_google_account_is_a_conflict(
     finally:
         init.process.kill()
         init.process.wait()
+
+
+def test_a_wrong_code_links_nothing_and_five_close_the_link(
+    google_server: RunningServer, google_keys: tuple[FakeGoogleKeys, str], tmp_path: Path
+) -> None:
+    keys, _ = google_keys
+    init, link, code = start_init(google_server, tmp_path)
+    endpoint = f"{google_server.url}/api/registrations/{link.rsplit('/', 1)[1]}/google"
+    token = keys.id_token(sub="g-phished", email="phished@example.org")
+    try:
+        for _ in range(5):
+            wrong = requests.post(endpoint, json={"credential": token, "verification_code": "ZZZZ-ZZZZ"})
+            assert wrong.status_code == 403
+            assert wrong.json()["error_code"] == "wrong_verification_code"
+        # Even the right code is refused now: guessing is limited to five tries.
+        closed = requests.post(endpoint, json={"credential": token, "verification_code": code})
+        assert closed.status_code == 410
+        returncode, _, err = init.finish()
+        assert returncode == 1 and "expired" in err
+    finally:
+        if init.process.poll() is None:
+            init.process.kill()
+    assert "phished" not in google_server.admin("list-users").stdout
+
+
+def test_a_used_link_cannot_link_again_even_after_the_client_was_removed(
+    google_server: RunningServer, google_keys: tuple[FakeGoogleKeys, str], tmp_path: Path
+) -> None:
+    keys, _ = google_keys
+    init, link, code = start_init(google_server, tmp_path)
+    endpoint = f"{google_server.url}/api/registrations/{link.rsplit('/', 1)[1]}/google"
+    token = keys.id_token(sub="g-dave", email="dave@example.org")
+    assert requests.post(endpoint, json={"credential": token, "verification_code": code}).status_code == 200
+    init.finish()
+    client_id = [
+        c for c in json.loads(google_server.admin("list-clients", "--json").stdout) if c["user"] == "dave@example.org"
+    ]
+    google_server.admin("remove-client", client_id[0]["client_id"])
+    again = requests.post(endpoint, json={"credential": token, "verification_code": code})
+    assert again.status_code == 404  # the removed client's registrations are gone
+    assert "dave@example.org" not in google_server.admin("list-clients").stdout

@@ -207,3 +207,12 @@ def test_a_removed_client_is_no_longer_accepted(connected: RunningServer, regist
     connected.admin("remove-client", registered.client_id)
     with pytest.raises(kcl.NotRegisteredError, match="kachery-cloud-init"):
         kcl.get_client_info()
+
+
+def test_an_unregistered_client_asking_for_a_private_project_is_told_to_register(connected: RunningServer) -> None:
+    stranger = new_identity()
+    response = requests.get(
+        f"{connected.url}/api/projects/default", headers=signed(stranger, "GET", "/api/projects/default")
+    )
+    assert response.status_code == 401
+    assert response.json()["error_code"] == "client_not_registered"

@@ -80,6 +80,7 @@ def upgrade() -> None:
         sa.Column("client_id", sa.String(length=64), nullable=False),
         sa.Column("label", sa.String(length=255), nullable=False),
         sa.Column("verification_code", sa.String(length=16), nullable=False),
+        sa.Column("failed_attempts", sa.Integer(), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=True),
         sa.Column("created_at_ms", sa.BigInteger(), nullable=False),
         sa.Column("expires_at_ms", sa.BigInteger(), nullable=False),
