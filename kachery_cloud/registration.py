@@ -107,8 +107,8 @@ def _show_link(answer: dict[str, Any], *, quiet: bool) -> None:
         display(
             HTML(f'<a href="{_html_escape(url)}" target="_blank" rel="noopener">Register this kachery-cloud client</a>')
         )
-    # The link is printed even when quiet: without it nobody can complete the registration.
-    print("\n".join(lines) if not quiet else url, flush=True)
+    # The link and code are printed even when quiet: without them nobody can complete the registration.
+    print("\n".join(lines if not quiet else lines[1:3]), flush=True)
 
 
 def _wait_until_linked(client: Any, answer: dict[str, Any], *, timeout_sec: float) -> None:
