@@ -27,6 +27,13 @@ def wait_gone(pids: list[int], timeout: float = 15) -> list[int]:
     return [p for p in pids if pid_alive(p)]
 
 
+def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``kachery-cloud-server ARGS`` in a clean environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "api_server.cli", *args], env=clean_env(), capture_output=True, text=True, timeout=90
+    )
+
+
 def test_first_start_creates_everything_and_a_restart_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = tmp_path / "server"
     server = start_server(data_dir)
@@ -80,22 +87,7 @@ def test_kill_9_of_the_server_leaves_no_orphan_store(tmp_path: Path) -> None:
 def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     server = start_server(tmp_path / "server")
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "api_server.cli",
-                "start",
-                "--data-dir",
-                str(tmp_path / "server"),
-                "--port",
-                str(free_port()),
-            ],
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = server_cli("start", "--data-dir", str(tmp_path / "server"), "--port", str(free_port()))
         assert result.returncode == 1
         assert "another kachery-cloud-server is using" in result.stderr
         assert str(server.process.pid) in result.stderr
@@ -107,22 +99,7 @@ def test_a_second_server_on_the_same_data_dir_is_refused(tmp_path: Path) -> None
 def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     server = start_server(tmp_path / "one")
     try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "api_server.cli",
-                "start",
-                "--data-dir",
-                str(tmp_path / "two"),
-                "--port",
-                str(server.port),
-            ],
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = server_cli("start", "--data-dir", str(tmp_path / "two"), "--port", str(server.port))
         assert result.returncode == 1
         assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr
         assert "Traceback" not in result.stderr
@@ -133,35 +110,24 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
 def test_background_start_then_status_and_stop(tmp_path: Path) -> None:
     data_dir = tmp_path / "server"
     port = free_port()
-    env = clean_env()
-    cli = [sys.executable, "-m", "api_server.cli"]
-    started = subprocess.run(
-        [*cli, "start", "--background", "--data-dir", str(data_dir), "--port", str(port)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    started = server_cli("start", "--background", "--data-dir", str(data_dir), "--port", str(port))
     assert started.returncode == 0, started.stderr
     assert f"http://127.0.0.1:{port}" in started.stdout
     pid = int(started.stdout.split("(pid ")[1].split(")")[0])
     try:
         assert requests.get(f"http://127.0.0.1:{port}/api/health").json()["status"] == "ok"
-        status = subprocess.run([*cli, "status", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
+        status = server_cli("status", "--data-dir", str(data_dir))
         assert status.returncode == 0 and str(pid) in status.stdout
-        twice = subprocess.run(
-            [*cli, "start", "--background", "--data-dir", str(data_dir), "--port", str(port)],
-            env=env, capture_output=True, text=True, timeout=90,
-        )  # fmt: skip
+        twice = server_cli("start", "--background", "--data-dir", str(data_dir), "--port", str(port))
         assert twice.returncode == 0 and f"already running at http://127.0.0.1:{port} (pid {pid})" in twice.stdout
         children = descendants(pid)
-        stopped = subprocess.run([*cli, "stop", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
+        stopped = server_cli("stop", "--data-dir", str(data_dir))
         assert stopped.returncode == 0, stopped.stderr
         assert not pid_alive(pid)
         assert wait_gone(children) == []
-        status = subprocess.run([*cli, "status", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
+        status = server_cli("status", "--data-dir", str(data_dir))
         assert status.returncode == 1
-        again = subprocess.run([*cli, "stop", "--data-dir", str(data_dir)], env=env, capture_output=True, text=True)
+        again = server_cli("stop", "--data-dir", str(data_dir))
         assert again.returncode == 0 and "no server is running" in again.stdout
     finally:
         if pid_alive(pid):
@@ -215,14 +181,9 @@ def test_a_stale_pid_file_never_makes_stop_signal_a_stranger(tmp_path: Path) -> 
     try:
         # What a kill -9 leaves behind, with the pid since reused by an unrelated process.
         (data_dir / "server.json").write_text(f'{{"pid": {stranger.pid}, "url": "http://127.0.0.1:1"}}')
-        cli = [sys.executable, "-m", "api_server.cli"]
-        status = subprocess.run(
-            [*cli, "status", "--data-dir", str(data_dir)], env=clean_env(), capture_output=True, text=True
-        )
+        status = server_cli("status", "--data-dir", str(data_dir))
         assert status.returncode == 1
-        stopped = subprocess.run(
-            [*cli, "stop", "--data-dir", str(data_dir)], env=clean_env(), capture_output=True, text=True
-        )
+        stopped = server_cli("stop", "--data-dir", str(data_dir))
         assert "no server is running" in stopped.stdout
         time.sleep(0.2)
         assert stranger.poll() is None

@@ -13,7 +13,8 @@ import pytest
 
 import kachery_cloud as kcl
 from kachery_cloud.api.client import ApiClient
-from kachery_cloud.identity import ClientIdentity, client_id_of, generate_private_key
+from kachery_cloud.identity import ClientIdentity
+from kachery_cloud.keys import client_id_of, generate_private_key
 from kachery_cloud.request_signing import HEADER_NONCE
 
 from ..servers import free_port
