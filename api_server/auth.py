@@ -40,7 +40,6 @@ class Caller:
 
     client_id: str | None
     user: User | None = None
-    client: Client | None = None
 
     @property
     def user_id(self) -> int | None:
@@ -53,15 +52,15 @@ class RequestAuthenticator:
         self.window_ms = window_sec * 1000
         self._last_purge = 0.0
 
-    def verify(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> str | None:
-        """The client id that signed this request, None if it carries no signature headers at all.
+    def authenticate(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> Caller:
+        """The verified caller (anonymous if the request carries no signature headers at all).
 
         Raises :class:`AuthenticationFailed` for anything else: partial headers, a bad signature, a timestamp
         outside the window, a nonce already used.
         """
         present = [h for h in _SIGNATURE_HEADERS if headers.get(h)]
         if not present:
-            return None
+            return Caller(client_id=None)
         if len(present) != len(_SIGNATURE_HEADERS):
             missing = ", ".join(h for h in _SIGNATURE_HEADERS if h not in present)
             raise AuthenticationFailed(
@@ -97,15 +96,19 @@ class RequestAuthenticator:
         if not verify_signature(client_id, message, signature):
             raise AuthenticationFailed("request signature does not verify", error_code="bad_signature")
         # Kept for twice the window, so replicas whose clocks differ a little still agree on replays.
-        self._remember_nonce(client_id, nonce, timestamp_ms + 2 * self.window_ms)
-        return client_id
+        return self._remember_nonce_and_load(client_id, nonce, timestamp_ms + 2 * self.window_ms)
 
-    def _remember_nonce(self, client_id: str, nonce: str, expires_at_ms: int) -> None:
-        # Only reached after the signature verified, so nobody without a key can fill this table.
+    def _remember_nonce_and_load(self, client_id: str, nonce: str, expires_at_ms: int) -> Caller:
+        # Only reached after the signature verified, so every stored nonce cost its sender a valid signature.
+        # One transaction records the nonce and loads the client and its user.
         self._maybe_purge()
         try:
             with self.db.transaction() as session:
                 session.add(RequestNonce(client_id=client_id, nonce=nonce, expires_at_ms=expires_at_ms))
+                session.flush()
+                client = session.get(Client, client_id)
+                user = session.get(User, client.user_id) if client is not None else None
+                return Caller(client_id=client_id, user=user)
         except IntegrityError:
             raise AuthenticationFailed(
                 "this request was already received (replayed nonce)", error_code="replayed_nonce"
@@ -118,18 +121,6 @@ class RequestAuthenticator:
         self._last_purge = now
         with self.db.transaction() as session:
             session.execute(delete(RequestNonce).where(RequestNonce.expires_at_ms < now_ms()))
-
-
-def load_caller(db: Database, client_id: str | None) -> Caller:
-    """The caller with its client record and user, if registered."""
-    if client_id is None:
-        return Caller(client_id=None)
-    with db.transaction() as session:
-        client = session.get(Client, client_id)
-        if client is None:
-            return Caller(client_id=client_id)
-        user = session.get(User, client.user_id)
-        return Caller(client_id=client_id, user=user, client=client)
 
 
 def require_registered(caller: Caller, server_url: str) -> Caller:

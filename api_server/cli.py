@@ -263,14 +263,14 @@ def list_projects(data_dir: Path | None, settings_file: Path | None, as_json: bo
                     "members": {name: role for name, role in members},
                 }
             )
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        members = ", ".join(f"{n} ({r})" for n, r in sorted(row["members"].items()))
-        visibility = "public" if row["public_read"] else "private"
-        quota = row["storage_quota_bytes"] if row["storage_quota_bytes"] is not None else "unlimited"
-        click.echo(f"{row['project_id']}\t{visibility}\towner {row['owner']}\tquota {quota}\tmembers: {members}")
+    _print_rows(rows, as_json, _project_line)
+
+
+def _project_line(row: dict[str, Any]) -> str:
+    members = ", ".join(f"{n} ({r})" for n, r in sorted(row["members"].items()))
+    visibility = "public" if row["public_read"] else "private"
+    quota = row["storage_quota_bytes"] if row["storage_quota_bytes"] is not None else "unlimited"
+    return f"{row['project_id']}\t{visibility}\towner {row['owner']}\tquota {quota}\tmembers: {members}"
 
 
 @_admin_command("list-clients")
@@ -284,11 +284,7 @@ def list_clients(data_dir: Path | None, settings_file: Path | None, as_json: boo
             {"client_id": c.id, "user": u.name, "label": c.label, "created_at_ms": c.created_at_ms}
             for c, u in identity.list_clients(session)
         ]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        click.echo(f"{row['client_id']}\t{row['user']}\t{row['label']}")
+    _print_rows(rows, as_json, lambda row: f"{row['client_id']}\t{row['user']}\t{row['label']}")
 
 
 @_admin_command("register-client")
@@ -341,11 +337,18 @@ def list_users(data_dir: Path | None, settings_file: Path | None, as_json: bool)
             {"name": u.name, "email": u.email, "google": u.google_sub is not None, "local_owner": u.is_local_owner}
             for u in session.scalars(select(User).order_by(User.name))
         ]
+    _print_rows(
+        rows, as_json, lambda row: f"{row['name']}\t{row['email'] or ''}\t{'local owner' if row['local_owner'] else ''}"
+    )
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
+    """A listing as JSON (for scripts) or one tab-separated line per row."""
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
-        click.echo(f"{row['name']}\t{row['email'] or ''}\t{'local owner' if row['local_owner'] else ''}")
+        click.echo(line(row))
 
 
 if __name__ == "__main__":

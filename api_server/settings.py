@@ -26,6 +26,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -111,15 +112,6 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.port}"
 
     @property
-    def listens_on_loopback_only(self) -> bool:
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
-
-    @property
     def registration_mode(self) -> Literal["local", "google", "none"]:
         if self.registration != "auto":
             return self.registration
@@ -127,21 +119,18 @@ class Settings(BaseSettings):
             return "google"
         # Behind a reverse proxy every request comes from loopback: a public_url elsewhere means the server is
         # reachable by others, and local registration would hand them the owner's rights.
-        return "local" if self.listens_on_loopback_only and self._public_url_is_loopback else "none"
+        public_host = (urlsplit(self.public_url).hostname or "") if self.public_url else "localhost"
+        return "local" if is_loopback_host(self.host) and is_loopback_host(public_host) else "none"
 
-    @property
-    def _public_url_is_loopback(self) -> bool:
-        from urllib.parse import urlsplit
 
-        if not self.public_url:
-            return True
-        host = urlsplit(self.public_url).hostname or ""
-        if host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address (``127.0.0.0/8``, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settings:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .config import ENV_CLIENT_ID, ENV_PRIVATE_KEY, ClientConfig
 from .errors import ConfigError, LocalFileError
 from .keys import client_id_of, generate_private_key, parse_private_key
-from .local.fs import Permissions, temp_path_in
+from .local.fs import Permissions, atomic_write, temp_path_in
 from .request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
@@ -157,8 +157,6 @@ def _create_key_files(config: ClientConfig) -> Ed25519PrivateKey:
     public_pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     public_path = config.dir / PUBLIC_KEY_FILE
     if not public_path.exists():
-        from .local.fs import atomic_write
-
         with atomic_write(public_path, perms) as f:
             f.write(public_pem)
     return key

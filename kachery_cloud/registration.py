@@ -9,6 +9,7 @@ needs no Enter key and works in Jupyter and Colab.
 from __future__ import annotations
 
 import getpass
+import html
 import socket
 import sys
 import time
@@ -104,9 +105,8 @@ def _show_link(answer: dict[str, Any], *, quiet: bool) -> None:
     if _in_notebook():
         from IPython.display import HTML, display
 
-        display(
-            HTML(f'<a href="{_html_escape(url)}" target="_blank" rel="noopener">Register this kachery-cloud client</a>')
-        )
+        link = html.escape(url, quote=True)
+        display(HTML(f'<a href="{link}" target="_blank" rel="noopener">Register this kachery-cloud client</a>'))
     # The link and code are printed even when quiet: without them nobody can complete the registration.
     print("\n".join(lines if not quiet else lines[1:3]), flush=True)
 
@@ -153,9 +153,3 @@ def _in_notebook() -> bool:
 
     shell = get_ipython()
     return shell is not None and hasattr(shell, "kernel")
-
-
-def _html_escape(text: str) -> str:
-    import html
-
-    return html.escape(text, quote=True)

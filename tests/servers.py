@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     env: dict[str, str]
     log_path: Path
-    extra_args: list[str] = field(default_factory=list)
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(

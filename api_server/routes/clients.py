@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -10,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from ..errors import AuthenticationFailed, Forbidden, InvalidRequest
 from ..services import identity
+from ..settings import is_loopback_host
 from .deps import ContextDep, OptionalCaller, RegisteredCaller
 
 router = APIRouter(prefix="/api", tags=["clients"])
@@ -152,8 +152,4 @@ def me(caller: RegisteredCaller, context: ContextDep) -> ClientInfo:
 
 
 def _is_loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return request.client is not None and is_loopback_host(request.client.host)

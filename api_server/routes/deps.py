@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ..auth import Caller, load_caller, require_registered
+from ..auth import Caller, require_registered
 from ..context import ServerContext
 
 
@@ -32,8 +32,7 @@ def optional_caller(
     context: Annotated[ServerContext, Depends(get_context)],
 ) -> Caller:
     """Anonymous if the request carries no signature; otherwise verified (registered or not)."""
-    client_id = context.authenticator.verify(request.method, _request_target(request), body, request.headers)
-    return load_caller(context.db, client_id)
+    return context.authenticator.authenticate(request.method, _request_target(request), body, request.headers)
 
 
 def registered_caller(
