@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .context import ServerContext
 from .errors import ApiError
-from .routes import clients, health, projects
+from .routes import blobs, clients, health, projects
 from .web import pages
 
 log = logging.getLogger("kachery_cloud_server")
@@ -24,6 +27,7 @@ _HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_
 
 def create_app(context: ServerContext) -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="kachery-cloud project API",
         version=__version__,
         description="Identity, projects and presigned URLs for kachery-cloud. Requests are signed with the "
@@ -31,7 +35,7 @@ def create_app(context: ServerContext) -> FastAPI:
     )
     app.state.context = context
     app.add_middleware(_RequestGuard, allowed_hosts=_allowed_hosts(context))
-    for router in (health.router, clients.router, projects.router, pages.router):
+    for router in (health.router, clients.router, projects.router, blobs.router, pages.router):
         app.include_router(router)
 
     @app.exception_handler(ApiError)
@@ -63,6 +67,36 @@ def create_app(context: ServerContext) -> FastAPI:
         return _error(500, "internal_error", "internal server error; the server log has the details")
 
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    context: ServerContext = app.state.context
+    stop = threading.Event()
+    sweeper = None
+    if context.blobs is not None:
+        sweeper = threading.Thread(
+            target=_sweep_uploads, args=(context, stop), name="kachery-upload-sweeper", daemon=True
+        )
+        sweeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if context.blobs is not None:
+            context.blobs.close()
+
+
+def _sweep_uploads(context: ServerContext, stop: threading.Event) -> None:
+    """Abort abandoned uploads now and then (every minute, or sooner when uploads expire sooner)."""
+    assert context.blobs is not None
+    interval = max(1.0, min(60.0, context.settings.upload_ttl_sec / 2))
+    while not stop.is_set():
+        try:
+            context.blobs.sweep_expired_uploads()
+        except Exception:
+            log.exception("sweeping abandoned uploads failed; trying again later")
+        stop.wait(interval)
 
 
 MAX_BODY_BYTES = 1 << 20  # API bodies are small JSON; blob bytes never come here

@@ -237,6 +237,67 @@ def set_public(data_dir: Path | None, settings_file: Path | None, project_id: st
         click.echo(f"project {project_id} is {'public' if public else 'private'}")
 
 
+@_admin_command("set-quota")
+@click.argument("project_id")
+@click.argument("quota")
+def set_quota(data_dir: Path | None, settings_file: Path | None, project_id: str, quota: str) -> None:
+    """Set a project's storage quota: QUOTA bytes (suffixes K, M, G, T as powers of 1024) or "none"."""
+    from .services import projects
+
+    quota_bytes = _parse_bytes(quota)
+    with _database(data_dir, settings_file) as session:
+        projects.get_project(session, project_id).storage_quota_bytes = quota_bytes
+        click.echo(f"project {project_id}: quota {'unlimited' if quota_bytes is None else f'{quota_bytes} bytes'}")
+
+
+@_admin_command("usage")
+@click.argument("project_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def usage(data_dir: Path | None, settings_file: Path | None, project_id: str, as_json: bool) -> None:
+    """Requests and bytes in/out of a project per UTC day, and what it stores now."""
+    from sqlalchemy import func, select
+
+    from .db.models import Blob
+    from .services import projects
+    from .services.usage import usage_of
+
+    with _database(data_dir, settings_file) as session:
+        project = projects.get_project(session, project_id)
+        count, stored = session.execute(
+            select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(Blob.project_id == project_id)
+        ).one()
+        report = {
+            "project_id": project_id,
+            "blobs": int(count),
+            "stored_bytes": int(stored),
+            "storage_quota_bytes": project.storage_quota_bytes,
+            "days": usage_of(session, project_id),
+        }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    quota = report["storage_quota_bytes"]
+    click.echo(
+        f"{project_id}: {report['blobs']} blobs, {report['stored_bytes']} bytes stored, "
+        f"quota {'unlimited' if quota is None else quota}"
+    )
+    for day in report["days"]:
+        click.echo(f"{day['day']}\trequests {day['requests']}\tin {day['bytes_in']}\tout {day['bytes_out']}")
+
+
+def _parse_bytes(text: str) -> int | None:
+    value = text.strip().upper()
+    if value in ("NONE", "UNLIMITED"):
+        return None
+    factor = 1
+    if value and value[-1] in "KMGT":
+        factor = 1024 ** ("KMGT".index(value[-1]) + 1)
+        value = value[:-1]
+    if not value.isdigit():
+        raise click.BadParameter(f"{text!r} is not a size in bytes (like 500M, 2G or none)", param_hint="QUOTA")
+    return int(value) * factor
+
+
 @_admin_command("list-projects")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_projects(data_dir: Path | None, settings_file: Path | None, as_json: bool) -> None:

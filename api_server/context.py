@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .auth import RequestAuthenticator
 from .db.session import Database
 from .google_tokens import GoogleTokenVerifier
+from .services.blobs import BlobService
 from .settings import Settings
 from .storage import Storage
 
@@ -19,6 +20,7 @@ class ServerContext:
     storage: Storage | None
     authenticator: RequestAuthenticator
     google: GoogleTokenVerifier | None
+    blobs: BlobService | None = None
 
     @classmethod
     def build(cls, settings: Settings, storage: Storage | None) -> ServerContext:
@@ -34,6 +36,7 @@ class ServerContext:
             storage=storage,
             authenticator=RequestAuthenticator(db, settings.signature_window_sec),
             google=google,
+            blobs=BlobService(db, storage, settings) if storage is not None else None,
         )
 
     @property

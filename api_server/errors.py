@@ -59,3 +59,17 @@ class Conflict(ApiError):
 class Gone(ApiError):
     status = 410
     error_code = "registration_expired"
+
+
+class QuotaExceeded(ApiError):
+    """403 quota_exceeded: storing the blobs would take the project over its storage quota."""
+
+    status = 403
+    error_code = "quota_exceeded"
+
+
+class StorageFailed(ApiError):
+    """502 storage_error: the object store refused or failed a request the server made."""
+
+    status = 502
+    error_code = "storage_error"

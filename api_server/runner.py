@@ -83,8 +83,9 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
         if s3 is None:
             embedded = EmbeddedS3(data_dir)
             s3 = embedded.start()
-        storage = Storage(s3)
+        storage = Storage(s3, url_ttl_sec=settings.presigned_url_ttl_sec)
         storage.ensure_bucket()
+        storage.probe_checksums()
         context = ServerContext.build(settings, storage)
         context.db.upgrade()
         with context.db.transaction() as session:
@@ -95,6 +96,10 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
         _write_pid_file(data_dir, settings.resolved_public_url)
         if announce:
             store = f"embedded nanio at {s3.endpoint_url}" if embedded else f"{s3.endpoint_url} bucket {s3.bucket}"
+            if storage.enforces_sha1 and settings.verify_uploads == "auto":
+                store += "\n  uploads: single PUTs checked by the store's SHA-1 check, multipart uploads re-hashed"
+            else:
+                store += "\n  uploads: re-hashed on this server (the store does not check SHA-1 checksums)"
             print(
                 f"kachery-cloud-server {settings.resolved_public_url} (pid {os.getpid()})\n"
                 f"  data: {data_dir}\n  store: {store}\n  database: {_safe_db_name(settings)}\n"

@@ -36,6 +36,8 @@ DEFAULT_DATA_DIR = "~/.kachery-cloud-server"
 DEFAULT_PORT = 7733
 SETTINGS_FILE_NAME = "settings.yaml"
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+MIB = 1 << 20
+GIB = 1 << 30
 
 
 class S3Settings(BaseModel):
@@ -82,6 +84,17 @@ class Settings(BaseSettings):
     signature_window_sec: int = Field(60, ge=5, le=3600)
     registration_ttl_sec: int = Field(900, ge=60)
     default_storage_quota_bytes: int | None = Field(None, ge=0)
+    # How long a presigned URL stays valid; clients ask for a fresh one when theirs has expired.
+    presigned_url_ttl_sec: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    # An upload not completed within this time (renewed while part URLs are asked for) is aborted.
+    upload_ttl_sec: int = Field(24 * 3600, ge=60)
+    # Blobs up to this size go up in one PUT (when the store checks SHA-1 checksums); larger ones in parts.
+    single_put_max_bytes: int = Field(64 * MIB, ge=0, le=5 * GIB)
+    # Part size of multipart uploads (S3 needs >= 5 MiB); raised for huge blobs to stay within 10,000 parts.
+    multipart_part_bytes: int = Field(16 * MIB, ge=5 * MIB, le=5 * GIB)
+    # auto: trust the store's own SHA-1 check where the start-up probe shows it enforces one, re-hash
+    # otherwise; rehash: always re-hash uploads on the server.
+    verify_uploads: Literal["auto", "rehash"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod

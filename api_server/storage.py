@@ -1,39 +1,197 @@
-"""Server layer 3: the S3 side. One boto3 client, made from :class:`S3Settings`; object keys per project.
+"""Server layer 3: the S3 side. One boto3 client, made from :class:`S3Settings`; object keys per project;
+presigned URLs for clients; verification of what they uploaded.
 
-Blob bytes never pass through the API server: this module presigns URLs for clients and administers the
-bucket. Presigning and verification of uploads grow here with the cloud store/load.
+Blob bytes never pass through the API server: clients PUT and GET them with the URLs signed here.
+
+Object keys (under ``key_prefix``):
+
+- ``projects/<p>/sha1/aa/bb/cc/<sha1>``: written only by a single presigned PUT that carries the signed
+  ``x-amz-checksum-sha1`` header, and only on a store that enforces that header (probed at start). Every
+  write to this key, by anyone, therefore stores exactly the bytes with that hash.
+- ``projects/<p>/sha1/aa/bb/cc/<sha1>.<upload id>``: a multipart upload completed by the server, then re-hashed
+  before it is recorded. No client ever gets a URL that could write it again: part URLs die with the upload.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import secrets
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from .settings import S3Settings
+
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Presigned:
+    """A URL for one HTTP request, and the headers the request must carry (they are signed into it)."""
+
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ObjectHead:
+    size: int
+    checksum_sha1: str | None  # base64, as S3 reports it; None if the store keeps no SHA-1 of the whole object
 
 
 class Storage:
     """The bucket of one server, reached with the server's own credentials."""
 
-    def __init__(self, settings: S3Settings, client: Any = None) -> None:
+    def __init__(self, settings: S3Settings, client: Any = None, *, url_ttl_sec: int = 3600) -> None:
         self.settings = settings
         self.bucket = settings.bucket
         self.client = client if client is not None else make_s3_client(settings)
+        self.url_ttl_sec = url_ttl_sec
+        # Whether the store refuses a body whose x-amz-checksum-sha1 does not match (set by probe_checksums).
+        self.enforces_sha1 = False
+
+    # ---------------------------------------------------------------- keys
 
     def blob_key(self, project_id: str, sha1: str) -> str:
         """``<prefix>projects/<project>/sha1/aa/bb/cc/<sha1>``: the cache layout, under one prefix per project."""
         return f"{self.settings.key_prefix}projects/{project_id}/sha1/{sha1[0:2]}/{sha1[2:4]}/{sha1[4:6]}/{sha1}"
 
+    def upload_key(self, project_id: str, sha1: str, upload_id: str) -> str:
+        """A key of its own for one multipart upload, beside the blob's canonical key."""
+        return f"{self.blob_key(project_id, sha1)}.{upload_id}"
+
+    # ---------------------------------------------------------------- presigning
+
+    def presign_put(self, key: str, size: int, sha1_hex: str) -> Presigned:
+        """A single PUT of exactly ``size`` bytes whose SHA-1 the store checks (``x-amz-checksum-sha1``)."""
+        checksum = sha1_base64(sha1_hex)
+        url = self.client.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": key, "ContentLength": size, "ChecksumSHA1": checksum},
+            ExpiresIn=self.url_ttl_sec,
+        )
+        return Presigned(url, {"x-amz-checksum-sha1": checksum})
+
+    def presign_part(self, key: str, multipart_id: str, part_number: int, size: int) -> Presigned:
+        url = self.client.generate_presigned_url(
+            "upload_part",
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "UploadId": multipart_id,
+                "PartNumber": part_number,
+                "ContentLength": size,
+            },
+            ExpiresIn=self.url_ttl_sec,
+        )
+        return Presigned(url, {})
+
+    def presign_get(self, key: str) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl_sec
+        )
+
+    def public_url(self, key: str) -> str | None:
+        """The unsigned URL of ``key`` under ``public_base_url``, if the bucket is served publicly."""
+        base = self.settings.public_base_url
+        return f"{base.rstrip('/')}/{quote(key)}" if base else None
+
+    # ---------------------------------------------------------------- multipart
+
+    def create_multipart(self, key: str) -> str:
+        return self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+
+    def complete_multipart(self, key: str, multipart_id: str, parts: list[tuple[int, str]]) -> None:
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=multipart_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
+        )
+
+    def abort_multipart(self, key: str, multipart_id: str) -> None:
+        """Abort an upload and drop its parts; an upload that no longer exists is not an error."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=multipart_id)
+        except Exception as e:
+            if _error_code(e) not in ("NoSuchUpload", "404"):
+                raise
+
+    # ---------------------------------------------------------------- objects
+
+    def head(self, key: str) -> ObjectHead | None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except Exception as e:
+            if _error_code(e) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectHead(size=int(response["ContentLength"]), checksum_sha1=response.get("ChecksumSHA1"))
+
+    def sha1_of(self, key: str) -> tuple[str, int]:
+        """Read the object and return its SHA-1 (hex) and size."""
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        digest = hashlib.sha1()
+        size = 0
+        try:
+            while chunk := body.read(_HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        finally:
+            body.close()
+        return digest.hexdigest(), size
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (the embedded store starts empty)."""
-        from botocore.exceptions import ClientError
-
         try:
             self.client.head_bucket(Bucket=self.bucket)
             return
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+        except Exception as e:
+            if _error_code(e) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
         self.client.create_bucket(Bucket=self.bucket)
+
+    def probe_checksums(self) -> bool:
+        """Find out whether the store refuses a PUT whose body does not match its ``x-amz-checksum-sha1``.
+
+        Uses a presigned URL, exactly as clients will. Sets and returns :attr:`enforces_sha1`.
+        """
+        import requests
+
+        expected = b"kachery-cloud checksum probe"
+        key = f"{self.settings.key_prefix}probes/{secrets.token_hex(8)}"
+        put = self.presign_put(key, len(expected), hashlib.sha1(expected).hexdigest())
+        try:
+            wrong = requests.put(put.url, data=b"kachery-cloud checksum pr0be", headers=put.headers, timeout=30)
+            right = requests.put(put.url, data=expected, headers=put.headers, timeout=30)
+            head = self.head(key)
+        finally:
+            self.delete(key)
+        if right.status_code != 200:
+            raise RuntimeError(
+                f"the object store refused a presigned PUT (HTTP {right.status_code}): {right.text[:300]}"
+            )
+        self.enforces_sha1 = 400 <= wrong.status_code < 500 and head is not None and head.size == len(expected)
+        return self.enforces_sha1
+
+
+def sha1_base64(sha1_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(sha1_hex)).decode("ascii")
+
+
+def new_upload_id() -> str:
+    return secrets.token_hex(16)
+
+
+def _error_code(e: Exception) -> str | None:
+    response = getattr(e, "response", None)
+    if not isinstance(response, dict):
+        return None
+    return str(response.get("Error", {}).get("Code"))
 
 
 def make_s3_client(settings: S3Settings) -> Any:
@@ -46,6 +204,11 @@ def make_s3_client(settings: S3Settings) -> Any:
         retries={"max_attempts": 5, "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
+        # Checksums are asked for explicitly where they matter; botocore's default CRC32 would otherwise be
+        # added to presigned URLs, where clients cannot know what to send.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=32,
     )
     return boto3.client(
         "s3",

@@ -1,6 +1,6 @@
 """kachery_cloud: share scientific data by content hash.
 
-``import kachery_cloud as kcl``; then ``uri = kcl.store_json_local({"a": 1})`` and ``kcl.load_json(uri)``.
+``import kachery_cloud as kcl``; then ``uri = kcl.store_json({"a": 1})`` and ``kcl.load_json(uri)``.
 Everything public is listed in ``__all__``; every other module is an implementation detail.
 """
 
@@ -10,6 +10,7 @@ from importlib.metadata import version as _version
 from .errors import (
     AuthenticationError,
     ConfigError,
+    EphemeralModeError,
     IntegrityError,
     InvalidArgumentError,
     InvalidMutableKeyError,
@@ -20,25 +21,31 @@ from .errors import (
     NotFoundError,
     NotRegisteredError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitedError,
     SerializationError,
     ServerError,
     ServerUnreachableError,
     UnsafePickleError,
 )
-from .files import cat_file, link_file, load_bytes, load_file, load_file_info, store_file_local
+from .files import cat_file, link_file, load_bytes, load_file, load_file_info, load_files, store_file_local
 from .mutables import delete_mutable_folder_local, delete_mutable_local, get_mutable_local, set_mutable_local
 from .objects import (
     load_json,
     load_npy,
     load_pkl,
     load_text,
+    store_json,
     store_json_local,
+    store_npy,
     store_npy_local,
+    store_pkl,
     store_pkl_local,
+    store_text,
     store_text_local,
 )
 from .registration import get_client_id, get_client_info, get_project_id, init
+from .storing import store_file, store_files
 
 
 def get_kachery_cloud_dir() -> str:
@@ -56,6 +63,7 @@ except _PackageNotFoundError:  # running from a source tree that was not install
 __all__ = [
     "AuthenticationError",
     "ConfigError",
+    "EphemeralModeError",
     "IntegrityError",
     "InvalidArgumentError",
     "InvalidMutableKeyError",
@@ -66,6 +74,7 @@ __all__ = [
     "NotFoundError",
     "NotRegisteredError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitedError",
     "SerializationError",
     "ServerError",
@@ -85,14 +94,21 @@ __all__ = [
     "load_bytes",
     "load_file",
     "load_file_info",
+    "load_files",
     "load_json",
     "load_npy",
     "load_pkl",
     "load_text",
     "set_mutable_local",
+    "store_file",
     "store_file_local",
+    "store_files",
+    "store_json",
     "store_json_local",
+    "store_npy",
     "store_npy_local",
+    "store_pkl",
     "store_pkl_local",
+    "store_text",
     "store_text_local",
 ]

@@ -4,10 +4,13 @@ connections are reused across calls."""
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-from .api.client import ApiClient
 from .config import ClientConfig, load_config
 from .identity import load_identity
+
+if TYPE_CHECKING:  # requests and tenacity load on the first call, not with `import kachery_cloud`
+    from .api.client import ApiClient
 
 _clients: dict[tuple[str, str, str | None, bool], ApiClient] = {}
 _lock = threading.Lock()
@@ -15,6 +18,8 @@ _lock = threading.Lock()
 
 def api_client(config: ClientConfig | None = None) -> ApiClient:
     """Signed by this client's key (created on first need); anonymous in ephemeral mode."""
+    from .api.client import ApiClient
+
     config = config or load_config()
     key = (config.effective_api_url, str(config.dir), config.env_client_id, config.ephemeral)
     with _lock:

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from .errors import LocalFileError
+from .errors import KacheryCloudError, LocalFileError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -19,6 +19,8 @@ def explain_permission_errors(function: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return function(*args, **kwargs)
+        except KacheryCloudError:
+            raise  # already explained (PermissionDeniedError and EphemeralModeError are PermissionErrors too)
         except PermissionError as e:
             raise LocalFileError(
                 f"permission denied: {e.filename or e}. If several users share this kachery-cloud directory, "

@@ -10,12 +10,14 @@
     ├── LocalFileError               (OSError) a source or destination file we cannot use
     ├── NotFoundError                (FileNotFoundError) content that is not available
     ├── IntegrityError               bytes whose SHA-1 is not the one they were stored under
+    ├── EphemeralModeError           (PermissionError) a write from a client in read-only ephemeral mode
     ├── NotConnectedError            an operation that needs an API server, and none is configured
     │   └── ServerUnreachableError   (ConnectionError) the API server did not answer (the URL is in the message)
     └── ServerError                  the API server refused or failed a request (``error_code``, ``status``)
         ├── AuthenticationError      the server did not accept this client's signature, clock or nonce
         ├── NotRegisteredError       this client is not registered with the server: run kachery-cloud-init
         ├── PermissionDeniedError    (PermissionError) not a member of the project, or the role is too low
+        ├── QuotaExceededError       storing would take the project over its storage quota
         └── RateLimitedError         too many requests, still refused after waiting as the server asked
 
 Each class also derives from the builtin a generic ``except`` clause would use, so callers who catch
@@ -65,6 +67,10 @@ class IntegrityError(KacheryCloudError):
     """Bytes do not have the SHA-1 they are supposed to have."""
 
 
+class EphemeralModeError(KacheryCloudError, PermissionError):
+    """A write was attempted in ephemeral mode (``KACHERY_CLOUD_EPHEMERAL``), where the client is read-only."""
+
+
 class NotConnectedError(KacheryCloudError):
     """The operation needs an API server and this client is not connected to one."""
 
@@ -95,6 +101,10 @@ class NotRegisteredError(ServerError):
 
 class PermissionDeniedError(ServerError, PermissionError):
     """The client's user lacks the membership or role the request needs."""
+
+
+class QuotaExceededError(ServerError):
+    """Storing the content would take the project over its storage quota."""
 
 
 class RateLimitedError(ServerError):

@@ -1,18 +1,21 @@
-"""Layer 7: storing and loading files by content hash (local part; the API server comes later)."""
+"""Layer 7: storing files in the local store, and loading content by URI: from the local store, else from
+the projects this client can read on the API server (see :mod:`.fetching`)."""
 
 from __future__ import annotations
 
 import os
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from ._progress import progress_bar
-from .config import ClientConfig, load_config
-from .errors import IntegrityError, InvalidArgumentError, LocalFileError, NotConnectedError, NotFoundError
+from .config import load_config
+from .errors import IntegrityError, InvalidArgumentError, LocalFileError, NotFoundError
+from .fetching import fetch_blob, fetch_blobs, remote_blob, remote_range
 from .local import LocalDirectory
 from .local.blobs import copy_file_into
 from .local.fs import Permissions, atomic_write
@@ -29,7 +32,7 @@ def store_file_local(filename: StrPath, label: str | None = None) -> str:
     The file is read once, hashed while it is copied. Storing a file that is unchanged since it was last
     stored or linked reads nothing (hash memo).
     """
-    path, st = _regular_file(filename)
+    path, st = regular_file(filename)
     local = local_directory()
     fingerprint = FileFingerprint.of(st)
     remembered = local.hash_memo.get(fingerprint)
@@ -54,49 +57,94 @@ def link_file(filename: StrPath, label: str | None = None) -> str:
     The path, size and modification time are recorded. If the file changes later, a load hashes it again
     and refuses it when the content no longer matches.
     """
-    path, st = _regular_file(filename)
+    path, st = regular_file(filename)
     local = local_directory()
-    sha1 = _hash_file(local, path, st)
+    sha1 = hash_with_memo(local, path, st)
     local.linked_files.record(sha1, path, FileFingerprint.of(st))
     return format_uri(sha1, label)
 
 
 @explain_permission_errors
-def load_file(uri: str, local_only: bool = False, dest: StrPath | None = None) -> str | None:
-    """The local path of the content ``uri`` names, or ``None`` if it is not available.
+def load_file(
+    uri: str, local_only: bool = False, dest: StrPath | None = None, *, quiet: bool | None = None
+) -> str | None:
+    """The local path of the content ``uri`` names, downloaded into the local store if needed; ``None`` if it
+    is neither there nor in any project this client can read.
 
-    With ``dest``, the content is copied there (atomically) and ``dest`` is returned.
+    With ``dest``, the content is copied there (atomically) and ``dest`` is returned. A download over a few
+    MiB shows a progress bar unless ``quiet`` (or ``KACHERY_CLOUD_QUIET=1``).
     """
     sha1 = parse_uri(uri).sha1
     config = load_config()
-    found = _find_local(local_directory(config), sha1)
-    if found is None:
-        if local_only:
+    local = local_directory(config)
+    found = _find_local(local, sha1)
+    if found is not None:
+        path = found[0]
+    elif local_only:
+        return None
+    else:
+        try:
+            path = fetch_blob(config, local, sha1, quiet=quiet)
+        except NotFoundError:
             return None
-        _need_server(uri, config)
-    path = found[0]
     if dest is not None:
         return _copy_to(path, Path(dest))
     return str(path)
 
 
 @explain_permission_errors
+def load_files(uris: Sequence[str], local_only: bool = False, *, quiet: bool | None = None) -> list[str | None]:
+    """Local paths of many URIs (``None`` for content not available), downloading what is missing in parallel."""
+    if isinstance(uris, str) or not isinstance(uris, Sequence):
+        raise InvalidArgumentError("load_files needs a list of URIs; use load_file for one")
+    sha1s = [parse_uri(uri).sha1 for uri in uris]
+    config = load_config()
+    local = local_directory(config)
+    paths: dict[str, Path] = {}
+    missing: list[str] = []
+    for sha1 in sha1s:
+        found = _find_local(local, sha1)
+        if found is not None:
+            paths[sha1] = found[0]
+        else:
+            missing.append(sha1)
+    if missing and not local_only:
+        paths.update(fetch_blobs(config, local, missing, quiet=quiet))
+    return [str(paths[sha1]) if sha1 in paths else None for sha1 in sha1s]
+
+
+@explain_permission_errors
 def load_file_info(uri: str, local_only: bool = False) -> dict[str, Any] | None:
-    """Size and location of the content ``uri`` names, or ``None`` if it is not available."""
+    """Size and location of the content ``uri`` names, or ``None`` if it is not available.
+
+    For content not in the local store, the server is asked (nothing is downloaded): ``local_path`` is then
+    ``None`` and ``project_id`` says which project holds it.
+    """
     parsed = parse_uri(uri)
     config = load_config()
     found = _find_local(local_directory(config), parsed.sha1)
-    if found is None:
-        if local_only:
-            return None
-        _need_server(uri, config)
-    path, linked = found
+    if found is not None:
+        path, linked = found
+        return {
+            "uri": str(parsed),
+            "sha1": parsed.sha1,
+            "size": path.stat().st_size,
+            "local_path": str(path),
+            "linked": linked,
+        }
+    if local_only:
+        return None
+    try:
+        blob = remote_blob(config, parsed.sha1)
+    except NotFoundError:
+        return None
     return {
         "uri": str(parsed),
         "sha1": parsed.sha1,
-        "size": path.stat().st_size,
-        "local_path": str(path),
-        "linked": linked,
+        "size": blob.size,
+        "local_path": None,
+        "linked": False,
+        "project_id": blob.project_id,
     }
 
 
@@ -111,10 +159,25 @@ def load_bytes(
 ) -> bytes | None:
     """Bytes ``start`` (inclusive) to ``end`` (exclusive) of the content, reading only that range.
 
-    ``None`` bounds mean the start and the end of the content. With ``write_to_stdout`` the bytes go to
-    standard output and ``None`` is returned.
+    ``None`` bounds mean the start and the end of the content. Content that is not in the local store is not
+    downloaded: only the range is fetched from the server (and, being a part, it cannot be checked against the
+    content's hash). With ``write_to_stdout`` the bytes go to standard output and ``None`` is returned.
     """
-    path = _require_path(uri, local_only)
+    sha1 = parse_uri(uri).sha1
+    config = load_config()
+    found = _find_local(local_directory(config), sha1)
+    if found is None:
+        if local_only:
+            raise NotFoundError(f"{uri} is not in the local store ({config.dir})")
+        blob = remote_blob(config, sha1)
+        start, end = _check_range(start, end, blob.size)
+        data = remote_range(config, blob, start, end)
+        if not write_to_stdout:
+            return data
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return None
+    path = found[0]
     size = path.stat().st_size
     start, end = _check_range(start, end, size)
     with open(path, "rb") as f:
@@ -127,7 +190,7 @@ def load_bytes(
 
 @explain_permission_errors
 def cat_file(uri: str, local_only: bool = False) -> None:
-    """Write the content ``uri`` names to standard output."""
+    """Write the content ``uri`` names to standard output (downloading it into the local store first)."""
     path = _require_path(uri, local_only)
     with open(path, "rb") as f:
         _copy_range_to_stdout(f, path.stat().st_size)
@@ -136,7 +199,7 @@ def cat_file(uri: str, local_only: bool = False) -> None:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _regular_file(filename: StrPath) -> tuple[Path, os.stat_result]:
+def regular_file(filename: StrPath) -> tuple[Path, os.stat_result]:
     if not isinstance(filename, (str, os.PathLike)):
         raise InvalidArgumentError(f"a file name must be a str or path, not {type(filename).__name__}")
     path = Path(os.path.abspath(filename))
@@ -155,7 +218,7 @@ def _regular_file(filename: StrPath) -> tuple[Path, os.stat_result]:
     return path, st
 
 
-def _hash_file(local: LocalDirectory, path: Path, st: os.stat_result) -> str:
+def hash_with_memo(local: LocalDirectory, path: Path, st: os.stat_result) -> str:
     with progress_bar(st.st_size, f"hashing {path.name}") as bar:
         return local.hash_memo.hash_file(path, st, bar.update)
 
@@ -167,29 +230,22 @@ def _find_local(local: LocalDirectory, sha1: str) -> tuple[Path, bool] | None:
         return path, False
 
     def rehash(linked_path: Path) -> str:
-        return _hash_file(local, linked_path, os.stat(linked_path))
+        return hash_with_memo(local, linked_path, os.stat(linked_path))
 
     linked = local.linked_files.resolve(sha1, rehash)
     return (linked, True) if linked is not None else None
 
 
 def _require_path(uri: str, local_only: bool) -> Path:
-    found = load_file(uri, local_only=local_only)
-    if found is None:
-        raise NotFoundError(f"{uri} is not in the local store ({load_config().dir})")
-    return Path(found)
-
-
-def _need_server(uri: str, config: ClientConfig) -> NoReturn:
-    if config.api_url is None:
-        raise NotConnectedError(
-            f"{uri} is not in the local store ({config.dir}) and no API server is configured "
-            "(api_url in config.yaml); to look only locally use local_only=True (CLI: --local-only)"
-        )
-    raise NotConnectedError(
-        f"{uri} is not in the local store ({config.dir}); loading from the API server {config.api_url} "
-        "is not supported by this version of kachery-cloud yet"
-    )
+    sha1 = parse_uri(uri).sha1
+    config = load_config()
+    local = local_directory(config)
+    found = _find_local(local, sha1)
+    if found is not None:
+        return found[0]
+    if local_only:
+        raise NotFoundError(f"{uri} is not in the local store ({config.dir})")
+    return fetch_blob(config, local, sha1)
 
 
 def _copy_to(source: Path, dest: Path) -> str:

@@ -13,11 +13,13 @@ from typing import Any, BinaryIO
 
 from ._context import local_directory
 from ._os_errors import explain_permission_errors
+from .config import ClientConfig, load_config
 from .errors import SerializationError
 from .files import load_file
 from .hashing import sha1_of_bytes
 from .serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
-from .uri import format_uri
+from .storing import require_writable, upload_cached_blob
+from .uri import format_uri, parse_uri
 
 
 @explain_permission_errors
@@ -44,6 +46,34 @@ def store_npy_local(array: Any, label: str | None = None) -> str:
 def store_pkl_local(x: Any, label: str | None = None) -> str:
     """Store ``x`` (plain containers, scalars, NumPy arrays) as a pickle in the local store."""
     return _store_serialized_local(lambda f: write_pickle(x, f), label)
+
+
+@explain_permission_errors
+def store_text(text: str, label: str | None = None) -> str:
+    """Store ``text`` (as UTF-8) in the current project and the local store; return its URI."""
+    config = _writable_config("store_text")
+    return _upload(config, store_text_local(text, label))
+
+
+@explain_permission_errors
+def store_json(x: Any, label: str | None = None) -> str:
+    """Store ``x`` as canonical JSON in the current project and the local store; return its URI."""
+    config = _writable_config("store_json")
+    return _upload(config, store_json_local(x, label))
+
+
+@explain_permission_errors
+def store_npy(array: Any, label: str | None = None) -> str:
+    """Store ``array`` in .npy format (no pickled objects) in the current project and the local store."""
+    config = _writable_config("store_npy")
+    return _upload(config, store_npy_local(array, label))
+
+
+@explain_permission_errors
+def store_pkl(x: Any, label: str | None = None) -> str:
+    """Store ``x`` (plain containers, scalars, NumPy arrays) as a pickle in the current project and locally."""
+    config = _writable_config("store_pkl")
+    return _upload(config, store_pkl_local(x, label))
 
 
 @explain_permission_errors
@@ -85,6 +115,18 @@ def load_pkl(uri: str, local_only: bool = False) -> Any:
         return None
     with open(path, "rb") as f:
         return read_pickle(f)
+
+
+def _writable_config(what: str) -> ClientConfig:
+    config = load_config()
+    require_writable(config, what)  # before anything is written locally
+    return config
+
+
+def _upload(config: ClientConfig, uri: str) -> str:
+    """Send a blob just written to the local store to the current project."""
+    upload_cached_blob(config, parse_uri(uri).sha1)
+    return uri
 
 
 def _load_bytes_of(uri: str, local_only: bool) -> bytes | None:

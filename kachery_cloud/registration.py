@@ -11,10 +11,10 @@ from __future__ import annotations
 import getpass
 import html
 import socket
-import sys
 import time
 from typing import Any
 
+from ._notebook import in_notebook
 from .config import load_config
 from .errors import ConfigError, NotRegisteredError, ServerError
 from .identity import load_identity
@@ -102,7 +102,7 @@ def _show_link(answer: dict[str, Any], *, quiet: bool) -> None:
         f"  code: {answer['verification_code']}",
         "Waiting for the registration to complete (Ctrl-C to stop)...",
     ]
-    if _in_notebook():
+    if in_notebook():
         from IPython.display import HTML, display
 
         link = html.escape(url, quote=True)
@@ -144,12 +144,3 @@ def _describe(info: dict[str, Any]) -> str:
             f"Server: {info['server_url']}",
         ]
     )
-
-
-def _in_notebook() -> bool:
-    if "IPython" not in sys.modules:
-        return False
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    return shell is not None and hasattr(shell, "kernel")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import PostgresDatabases, RunningServer, start_server
+from .servers import PostgresDatabases, RunningServer, SeaweedFS, start_server
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +48,49 @@ def connected(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> Running
     monkeypatch.setenv("KACHERY_CLOUD_API_URL", server.url)
     forget_clients()
     return server
+
+
+# Small thresholds, so that multipart uploads and batches of part URLs happen with test-sized files.
+CLOUD_TEST_SETTINGS = {"single_put_max_bytes": 1 << 20, "multipart_part_bytes": 5 << 20}
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    try:
+        store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    yield store
+    store.stop()
+
+
+@pytest.fixture(scope="module", params=["nanio-sqlite", "seaweedfs-postgresql"])
+def cloud(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases
+) -> Iterator[RunningServer]:
+    """A server per test module on each object store: the embedded nanio (uploads re-hashed by the server)
+    with SQLite, and SeaweedFS (which checks SHA-1 checksums itself) with PostgreSQL."""
+    settings: dict = dict(CLOUD_TEST_SETTINGS)
+    database_url = None
+    if request.param == "seaweedfs-postgresql":
+        import secrets
+
+        settings["s3"] = request.getfixturevalue("seaweedfs").s3_settings(f"kc-{secrets.token_hex(4)}")
+        database_url = postgres.create()
+    running = start_server(
+        tmp_path_factory.mktemp(f"cloud-{request.param}"), database_url=database_url, settings=settings
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def cloud_client(cloud: RunningServer, monkeypatch: pytest.MonkeyPatch) -> RunningServer:
+    """This test's client directory pointed at ``cloud`` and registered (as the server's local owner)."""
+    from kachery_cloud import init
+    from kachery_cloud._connection import forget_clients
+
+    monkeypatch.setenv("KACHERY_CLOUD_API_URL", cloud.url)
+    forget_clients()
+    init(quiet=True)
+    return cloud

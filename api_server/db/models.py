@@ -120,6 +120,8 @@ class Blob(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     created_by_client_id: Mapped[str | None] = mapped_column(String(64))
     created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    # None: the canonical key of (project_id, sha1); else the key the verified multipart upload wrote.
+    object_key: Mapped[str | None] = mapped_column(Text)
 
 
 class Upload(Base):
@@ -134,6 +136,9 @@ class Upload(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     object_key: Mapped[str] = mapped_column(Text)
     multipart_upload_id: Mapped[str | None] = mapped_column(Text)
+    # "put": one presigned PUT whose SHA-1 the store checks; "multipart": parts, re-hashed by the server.
+    method: Mapped[str] = mapped_column(String(16), default="multipart")
+    part_size: Mapped[int | None] = mapped_column(BigInteger)
     client_id: Mapped[str] = mapped_column(String(64))
     created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     expires_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)

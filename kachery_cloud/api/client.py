@@ -26,6 +26,7 @@ from ..errors import (
     AuthenticationError,
     NotRegisteredError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitedError,
     ServerError,
     ServerUnreachableError,
@@ -49,6 +50,7 @@ _ERROR_CLASSES: dict[str, type[ServerError]] = {
     "permission_denied": PermissionDeniedError,
     "registration_disabled": PermissionDeniedError,
     "rate_limited": RateLimitedError,
+    "quota_exceeded": QuotaExceededError,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .files import cat, link, load, load_info, store_local
+from .files import cat, link, load, load_info, store, store_local
 from .identity import info, init
 
 
@@ -14,7 +14,7 @@ def main() -> None:
     """Share scientific data by content hash."""
 
 
-for _command in (store_local, load, cat, link, load_info, init, info):
+for _command in (store, store_local, load, cat, link, load_info, init, info):
     main.add_command(_command)
 
-__all__ = ["cat", "info", "init", "link", "load", "load_info", "main", "store_local"]
+__all__ = ["cat", "info", "init", "link", "load", "load_info", "main", "store", "store_local"]

@@ -91,21 +91,28 @@ class BlobStore:
         return sha1
 
     @contextlib.contextmanager
-    def _lock(self, sha1: str, size_hint: int) -> Iterator[None]:
-        if size_hint < LOCK_MIN_BYTES:
-            yield
-            return
+    def lock(self, sha1: str) -> Iterator[None]:
+        """Keep other processes from fetching or writing ``sha1`` meanwhile (best effort: on timeout or
+        when locks cannot be taken, the block runs anyway; correctness never depends on it)."""
         self.perms.make_dirs(self.lock_directory)
         lock = FileLock(self.lock_directory / f"{sha1}.lock", mode=0o660 if self.perms.multiuser else 0o600)
         try:
             lock.acquire(timeout=LOCK_TIMEOUT_SECONDS)
         except (Timeout, OSError):
-            yield  # correctness does not depend on the lock
+            yield
             return
         try:
             yield
         finally:
             lock.release()
+
+    @contextlib.contextmanager
+    def _lock(self, sha1: str, size_hint: int) -> Iterator[None]:
+        if size_hint < LOCK_MIN_BYTES:
+            yield
+            return
+        with self.lock(sha1):
+            yield
 
 
 def copy_file_into(source: Path) -> Writer:

@@ -11,6 +11,7 @@ import types
 import pytest
 
 from kachery_cloud import registration
+from kachery_cloud._notebook import in_notebook
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_the_link_is_clickable_in_a_notebook(notebook: list[str], capsys: pytest
 
 
 def test_outside_a_notebook_only_text_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    assert not registration._in_notebook()
+    assert not in_notebook()
     registration._show_link({"registration_url": "http://x/register/r", "verification_code": "C"}, quiet=False)
     assert "http://x/register/r" in capsys.readouterr().out
 

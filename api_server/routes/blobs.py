@@ -1,0 +1,157 @@
+"""Blob uploads and downloads: thin HTTP over :mod:`api_server.services.blobs`. The models are the contract."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from ..errors import Forbidden
+from ..services import projects, usage
+from ..services.blobs import MAX_BATCH, MAX_PART_URLS, BlobRef, BlobService
+from .deps import ContextDep, OptionalCaller, RegisteredCaller
+
+router = APIRouter(prefix="/api", tags=["blobs"])
+
+
+class BlobItem(BaseModel):
+    sha1: str = Field(description="40 lowercase hex digits")
+    size: int = Field(ge=0)
+
+
+class NeedRequest(BaseModel):
+    project_id: str | None = Field(None, description="default: the caller's default project")
+    blobs: list[BlobItem] = Field(max_length=MAX_BATCH)
+
+
+class UploadInstructions(BaseModel):
+    sha1: str
+    status: Literal["exists", "upload"]
+    upload_id: str | None = None
+    method: Literal["put", "multipart"] | None = None
+    url: str | None = Field(None, description="put: the presigned PUT URL")
+    headers: dict[str, str] | None = Field(None, description="put: headers the PUT must carry exactly")
+    part_size: int | None = Field(None, description="multipart: bytes per part (the last may be shorter)")
+    num_parts: int | None = None
+    part_urls: dict[str, str] | None = Field(None, description="multipart: part number -> presigned URL")
+
+
+class NeedResponse(BaseModel):
+    project_id: str
+    results: list[UploadInstructions]
+
+
+class UrlsRequest(BaseModel):
+    part_numbers: list[int] = Field(default_factory=list, max_length=MAX_PART_URLS)
+
+
+class UrlsResponse(BaseModel):
+    upload_id: str
+    method: Literal["put", "multipart"]
+    url: str | None = None
+    headers: dict[str, str] | None = None
+    part_size: int | None = None
+    num_parts: int | None = None
+    part_urls: dict[str, str] | None = None
+
+
+class PartItem(BaseModel):
+    part_number: int = Field(ge=1)
+    etag: str
+
+
+class CompleteItem(BaseModel):
+    upload_id: str
+    parts: list[PartItem] | None = Field(None, description="multipart: every part's ETag as the store returned it")
+
+
+class CompleteRequest(BaseModel):
+    uploads: list[CompleteItem] = Field(max_length=MAX_BATCH)
+
+
+class CompleteResult(BaseModel):
+    upload_id: str
+    sha1: str | None
+    status: Literal["stored", "mismatch", "not_uploaded", "incomplete", "quota_exceeded", "not_found"]
+    message: str
+
+
+class CompleteResponse(BaseModel):
+    results: list[CompleteResult]
+
+
+class FindRequest(BaseModel):
+    sha1s: list[str] = Field(max_length=MAX_BATCH)
+    project_id: str | None = Field(None, description="preferred project when several hold a blob")
+
+
+class FindResult(BaseModel):
+    sha1: str
+    found: bool
+    size: int | None = None
+    project_id: str | None = None
+    url: str | None = Field(None, description="a presigned GET, or the public URL of a public project's blob")
+
+
+class FindResponse(BaseModel):
+    results: list[FindResult]
+    registered: bool = Field(description="whether the caller was recognized as a registered client")
+
+
+class UsageDay(BaseModel):
+    day: str
+    requests: int
+    bytes_in: int
+    bytes_out: int
+
+
+class UsageResponse(BaseModel):
+    project_id: str
+    days: list[UsageDay]
+
+
+def _blobs(context: ContextDep) -> BlobService:
+    if context.blobs is None:  # pragma: no cover - a server always has storage
+        raise RuntimeError("this server has no object store")
+    return context.blobs
+
+
+@router.post("/blobs/need", response_model=NeedResponse, response_model_exclude_none=True)
+def need(body: NeedRequest, caller: RegisteredCaller, context: ContextDep) -> dict:
+    """Which of these blobs the project lacks, and for each one how to upload it."""
+    blobs = [BlobRef(item.sha1, item.size) for item in body.blobs]
+    return _blobs(context).need(caller, body.project_id, blobs)
+
+
+@router.post("/uploads/{upload_id}/urls", response_model=UrlsResponse, response_model_exclude_none=True)
+def upload_urls(upload_id: str, body: UrlsRequest, caller: RegisteredCaller, context: ContextDep) -> dict:
+    """Fresh URLs for an upload in progress (its PUT URL, or the parts asked for); keeps the upload alive."""
+    return _blobs(context).upload_urls(caller, upload_id, body.part_numbers)
+
+
+@router.post("/uploads/complete", response_model=CompleteResponse)
+def complete(body: CompleteRequest, caller: RegisteredCaller, context: ContextDep) -> dict:
+    """Verify finished uploads and record them as blobs of their projects."""
+    items = [
+        (item.upload_id, None if item.parts is None else [(p.part_number, p.etag) for p in item.parts])
+        for item in body.uploads
+    ]
+    return {"results": _blobs(context).complete(caller, items)}
+
+
+@router.post("/blobs/find", response_model=FindResponse, response_model_exclude_none=True)
+def find(body: FindRequest, caller: OptionalCaller, context: ContextDep) -> dict:
+    """Where to download blobs from, among the projects the caller may read (anyone: public projects)."""
+    return _blobs(context).find(caller, body.sha1s, body.project_id)
+
+
+@router.get("/projects/{project_id}/usage", response_model=UsageResponse)
+def project_usage(project_id: str, caller: RegisteredCaller, context: ContextDep) -> UsageResponse:
+    """Requests and bytes per day of a project the caller is a member of."""
+    with context.db.transaction() as session:
+        projects.get_project(session, project_id)
+        if projects.role_of(session, project_id, caller.user_id) is None:  # even for public projects
+            raise Forbidden(f"only members see the usage of project {project_id}", error_code="not_a_member")
+        days = usage.usage_of(session, project_id)
+    return UsageResponse(project_id=project_id, days=[UsageDay(**d) for d in days])

@@ -1,0 +1,507 @@
+"""Server layer 5: the blobs of projects. Which blobs a client must upload and how, verifying and recording
+what it uploaded, finding blobs to download, cleaning up abandoned uploads.
+
+The rules:
+
+- A blob is recorded, and from then on found, only after its bytes are known to have its SHA-1: checked by
+  the store (a single PUT with the signed ``x-amz-checksum-sha1``, on a store that enforces it) or re-hashed
+  here (multipart uploads, and every upload on a store that does not check). A mismatch deletes the object
+  and records nothing.
+- Writing needs the ``write`` role. A project's quota counts its recorded blobs; it is checked when the
+  client asks what to upload and again when an upload is recorded.
+- Reading a blob needs read access to one project that holds it: membership, or the project is public.
+- An object a blob row points to is never written again: the canonical key only takes checksum-checked
+  PUTs (the same bytes), and a multipart key only the one completion the server makes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..auth import Caller
+from ..db.models import Blob, Membership, Project, Upload, now_ms
+from ..db.session import Database
+from ..errors import InvalidRequest, NotFound, QuotaExceeded, StorageFailed
+from ..settings import MIB, Settings
+from ..storage import Storage, new_upload_id, sha1_base64
+from . import projects
+from .usage import add_usage
+
+log = logging.getLogger("kachery_cloud_server")
+
+SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+MAX_BATCH = 1000  # blobs per request
+MAX_BLOB_BYTES = 5 << 40  # S3's largest object
+MAX_PARTS = 10_000  # S3's limit per multipart upload
+FIRST_PART_URLS = 64  # part URLs in the answer to "need"; the client asks for the rest in batches
+MAX_PART_URLS = 1000  # per request
+_STORAGE_THREADS = 8
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha1: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    upload_id: str
+    sha1: str
+    size: int
+    method: str  # "put" | "multipart"
+    object_key: str
+    part_size: int | None
+
+
+class BlobService:
+    def __init__(self, db: Database, storage: Storage, settings: Settings) -> None:
+        self.db = db
+        self.storage = storage
+        self.settings = settings
+        self._pool = ThreadPoolExecutor(max_workers=_STORAGE_THREADS, thread_name_prefix="kachery-storage")
+        self._sweep_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------------ need
+
+    def need(self, caller: Caller, project_id: str | None, blobs: list[BlobRef]) -> dict[str, Any]:
+        """For each blob: ``exists`` in the project, or how to upload it (a PUT URL, or a multipart upload)."""
+        unique = _unique_blobs(blobs)
+        with self.db.transaction() as session:
+            project = self._writable_project(session, caller, project_id)
+            present = self._present(session, project.id, list(unique))
+            missing = [blob for sha1, blob in unique.items() if sha1 not in present]
+            self._check_quota(session, project, sum(b.size for b in missing), len(missing))
+            add_usage(session, project.id, requests=1)
+        plans = [self._plan(project.id, blob) for blob in missing]
+        multipart_ids = self._create_multipart_uploads([p for p in plans if p.method == "multipart"])
+        expires = now_ms() + self.settings.upload_ttl_sec * 1000
+        with self.db.transaction() as session:
+            for plan in plans:
+                session.add(
+                    Upload(
+                        id=plan.upload_id,
+                        project_id=project.id,
+                        sha1=plan.sha1,
+                        size=plan.size,
+                        object_key=plan.object_key,
+                        multipart_upload_id=multipart_ids.get(plan.upload_id),
+                        method=plan.method,
+                        part_size=plan.part_size,
+                        client_id=caller.client_id,
+                        expires_at_ms=expires,
+                    )
+                )
+        planned = {plan.sha1: plan for plan in plans}
+        results: list[dict[str, Any]] = []
+        for sha1 in unique:
+            plan = planned.get(sha1)
+            if plan is None:
+                results.append({"sha1": sha1, "status": "exists"})
+                continue
+            instructions = self._instructions(plan, multipart_ids.get(plan.upload_id), first_parts=FIRST_PART_URLS)
+            results.append({"sha1": sha1, "status": "upload", **instructions})
+        return {"project_id": project.id, "results": results}
+
+    def _plan(self, project_id: str, blob: BlobRef) -> _Plan:
+        upload_id = new_upload_id()
+        store_checks = self.storage.enforces_sha1 and self.settings.verify_uploads == "auto"
+        if store_checks and blob.size <= self.settings.single_put_max_bytes:
+            return _Plan(upload_id, blob.sha1, blob.size, "put", self.storage.blob_key(project_id, blob.sha1), None)
+        key = self.storage.upload_key(project_id, blob.sha1, upload_id)
+        return _Plan(upload_id, blob.sha1, blob.size, "multipart", key, self._part_size(blob.size))
+
+    def _part_size(self, size: int) -> int:
+        part_size = self.settings.multipart_part_bytes
+        smallest = -(-size // MAX_PARTS)
+        if smallest > part_size:
+            part_size = -(-smallest // MIB) * MIB
+        return part_size
+
+    def _create_multipart_uploads(self, plans: list[_Plan]) -> dict[str, str]:
+        if not plans:
+            return {}
+        futures = {plan.upload_id: self._pool.submit(self.storage.create_multipart, plan.object_key) for plan in plans}
+        created: dict[str, str] = {}
+        failure: Exception | None = None
+        for upload_id, future in futures.items():
+            try:
+                created[upload_id] = future.result()
+            except Exception as e:
+                failure = e
+        if failure is not None:
+            keys = {plan.upload_id: plan.object_key for plan in plans}
+            for upload_id, multipart_id in created.items():
+                self._quietly(self.storage.abort_multipart, keys[upload_id], multipart_id)
+            log.error("creating multipart uploads failed: %s", failure)
+            raise StorageFailed("the object store refused to start an upload; try again later")
+        return created
+
+    def _instructions(self, plan: _Plan | Upload, multipart_id: str | None, *, first_parts: int) -> dict[str, Any]:
+        if plan.method == "put":
+            presigned = self.storage.presign_put(plan.object_key, plan.size, plan.sha1)
+            return {
+                "upload_id": _upload_id(plan),
+                "method": "put",
+                "url": presigned.url,
+                "headers": presigned.headers,
+            }
+        assert plan.part_size is not None and multipart_id is not None
+        num_parts = _num_parts(plan.size, plan.part_size)
+        numbers = range(1, min(num_parts, first_parts) + 1)
+        return {
+            "upload_id": _upload_id(plan),
+            "method": "multipart",
+            "part_size": plan.part_size,
+            "num_parts": num_parts,
+            "part_urls": self._part_urls(plan.object_key, multipart_id, plan.size, plan.part_size, numbers),
+        }
+
+    def _part_urls(self, key: str, multipart_id: str, size: int, part_size: int, numbers: Any) -> dict[str, str]:
+        return {
+            str(n): self.storage.presign_part(key, multipart_id, n, _part_length(size, part_size, n)).url
+            for n in numbers
+        }
+
+    # ------------------------------------------------------------------------------------------------ URLs
+
+    def upload_urls(self, caller: Caller, upload_id: str, part_numbers: list[int]) -> dict[str, Any]:
+        """Fresh URLs for an upload in progress: its PUT URL, or URLs for the parts asked for."""
+        with self.db.transaction() as session:
+            upload = self._own_upload(session, caller, upload_id)
+            # A client still asking for URLs is alive: its upload is not abandoned.
+            upload.expires_at_ms = max(upload.expires_at_ms, now_ms() + self.settings.upload_ttl_sec * 1000)
+        if upload.method == "put":
+            return self._instructions(upload, None, first_parts=0)
+        assert upload.part_size is not None and upload.multipart_upload_id is not None
+        num_parts = _num_parts(upload.size, upload.part_size)
+        if len(part_numbers) > MAX_PART_URLS:
+            raise InvalidRequest(f"at most {MAX_PART_URLS} part URLs per request")
+        bad = [n for n in part_numbers if not 1 <= n <= num_parts]
+        if bad:
+            raise InvalidRequest(f"upload {upload_id} has parts 1..{num_parts}; no part {bad[0]}")
+        urls = self._part_urls(
+            upload.object_key, upload.multipart_upload_id, upload.size, upload.part_size, sorted(set(part_numbers))
+        )
+        return {
+            "upload_id": upload.id,
+            "method": "multipart",
+            "part_size": upload.part_size,
+            "num_parts": num_parts,
+            "part_urls": urls,
+        }
+
+    # ------------------------------------------------------------------------------------------------ complete
+
+    def complete(self, caller: Caller, items: list[tuple[str, list[tuple[int, str]] | None]]) -> list[dict[str, Any]]:
+        """Verify and record finished uploads. Per upload: ``stored``, or why not."""
+        if len(items) > MAX_BATCH:
+            raise InvalidRequest(f"at most {MAX_BATCH} uploads per request")
+        ids = [upload_id for upload_id, _ in items]
+        with self.db.transaction() as session:
+            uploads = {
+                u.id: u
+                for u in session.scalars(select(Upload).where(Upload.id.in_(ids), Upload.client_id == caller.client_id))
+            }
+            for project_id in sorted({u.project_id for u in uploads.values()}):
+                projects.require_role(session, project_id, caller.user, "write")
+                add_usage(session, project_id, requests=1)
+        now = now_ms()
+        futures = {}
+        for upload_id, parts in items:
+            upload = uploads.get(upload_id)
+            if upload is not None and upload.expires_at_ms >= now:
+                futures[upload_id] = self._pool.submit(self._complete_one, upload, parts)
+        results = []
+        for upload_id, _ in items:
+            future = futures.get(upload_id)
+            if future is None:
+                results.append(_result(upload_id, None, "not_found", "no such upload in progress for this client"))
+                continue
+            try:
+                results.append(future.result())
+            except Exception:
+                log.exception("completing upload %s failed", upload_id)
+                raise StorageFailed("the object store failed while an upload was verified; try again") from None
+        return results
+
+    def _complete_one(self, upload: Upload, parts: list[tuple[int, str]] | None) -> dict[str, Any]:
+        if upload.method == "multipart":
+            return self._complete_multipart(upload, parts or [])
+        head = self.storage.head(upload.object_key)
+        if head is None:
+            return _result(upload.id, upload.sha1, "not_uploaded", "nothing was uploaded with this upload's URL yet")
+        checked_by_store = self.storage.enforces_sha1 and self.settings.verify_uploads == "auto"
+        if checked_by_store and head.checksum_sha1 in (None, sha1_base64(upload.sha1)) and head.size == upload.size:
+            return self._record(upload, object_key=None)
+        actual_sha1, actual_size = self.storage.sha1_of(upload.object_key)
+        if (actual_sha1, actual_size) != (upload.sha1, upload.size):
+            self._discard_canonical(upload)
+            return _mismatch(upload, actual_sha1, actual_size)
+        return self._record(upload, object_key=None)
+
+    def _complete_multipart(self, upload: Upload, parts: list[tuple[int, str]]) -> dict[str, Any]:
+        assert upload.part_size is not None and upload.multipart_upload_id is not None
+        num_parts = _num_parts(upload.size, upload.part_size)
+        numbers = sorted(n for n, _ in parts)
+        if numbers != list(range(1, num_parts + 1)):
+            return _result(upload.id, upload.sha1, "incomplete", f"give the ETags of parts 1..{num_parts}, each once")
+        try:
+            self.storage.complete_multipart(upload.object_key, upload.multipart_upload_id, sorted(parts))
+        except Exception as e:
+            code = _error_code(e)
+            if code == "NoSuchUpload" and self.storage.head(upload.object_key) is not None:
+                pass  # completed by an earlier attempt of this same request; verify what it wrote
+            elif code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "NoSuchUpload"):
+                return _result(upload.id, upload.sha1, "incomplete", f"the store refused the parts: {code}")
+            else:
+                raise
+        actual_sha1, actual_size = self.storage.sha1_of(upload.object_key)
+        if (actual_sha1, actual_size) != (upload.sha1, upload.size):
+            self._quietly(self.storage.delete, upload.object_key)
+            self._drop_upload(upload.id)
+            return _mismatch(upload, actual_sha1, actual_size)
+        return self._record(upload, object_key=upload.object_key)
+
+    def _record(self, upload: Upload, *, object_key: str | None) -> dict[str, Any]:
+        """Record a verified upload as a blob of its project (unless it is there already, or over quota)."""
+        outcome = "stored"
+        try:
+            with self.db.transaction() as session:
+                session.execute(delete(Upload).where(Upload.id == upload.id))
+                if session.get(Blob, (upload.project_id, upload.sha1)) is not None:
+                    outcome = "duplicate"
+                else:
+                    project = session.get(Project, upload.project_id)
+                    if project is None:
+                        raise NotFound(f"project {upload.project_id} no longer exists", error_code="project_not_found")
+                    quota = project.storage_quota_bytes
+                    if quota is not None and self._used_bytes(session, project.id) + upload.size > quota:
+                        outcome = "quota_exceeded"
+                    else:
+                        session.add(
+                            Blob(
+                                project_id=upload.project_id,
+                                sha1=upload.sha1,
+                                size=upload.size,
+                                created_by_client_id=upload.client_id,
+                                object_key=object_key,
+                            )
+                        )
+                        add_usage(session, upload.project_id, bytes_in=upload.size)
+        except IntegrityError:
+            outcome = "duplicate"  # another upload of the same blob was recorded at the same moment
+        if outcome == "stored":
+            return _result(upload.id, upload.sha1, "stored", "")
+        if object_key is not None:  # our own multipart object: the recorded blob (if any) lives elsewhere
+            self._quietly(self.storage.delete, object_key)
+        if outcome == "duplicate":
+            return _result(upload.id, upload.sha1, "stored", "")
+        if object_key is None:
+            self._discard_canonical(upload)
+        return _result(upload.id, upload.sha1, "quota_exceeded", f"project {upload.project_id} is over its quota")
+
+    def _discard_canonical(self, upload: Upload) -> None:
+        """Delete the canonical object a PUT upload wrote, unless a recorded blob or another upload uses it."""
+        with self.db.transaction() as session:
+            session.execute(delete(Upload).where(Upload.id == upload.id))
+            in_use = session.get(Blob, (upload.project_id, upload.sha1)) is not None or (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Upload)
+                    .where(Upload.project_id == upload.project_id, Upload.sha1 == upload.sha1)
+                )
+                or 0
+            )
+        if not in_use:
+            self._quietly(self.storage.delete, upload.object_key)
+
+    def _drop_upload(self, upload_id: str) -> None:
+        with self.db.transaction() as session:
+            session.execute(delete(Upload).where(Upload.id == upload_id))
+
+    # ------------------------------------------------------------------------------------------------ find
+
+    def find(self, caller: Caller, sha1s: list[str], project_id: str | None) -> dict[str, Any]:
+        """Per hash: its size and a URL to GET it from a project the caller may read, or not found.
+
+        Several projects may hold the same blob: ``project_id`` is preferred, then the caller's own projects,
+        then public ones.
+        """
+        unique = list(dict.fromkeys(_check_sha1(s) for s in sha1s))
+        if len(unique) > MAX_BATCH:
+            raise InvalidRequest(f"at most {MAX_BATCH} hashes per request")
+        user_id = caller.user_id
+        with self.db.transaction() as session:
+            query = (
+                select(Blob.sha1, Blob.project_id, Blob.size, Blob.object_key, Project.public_read, Membership.role)
+                .join(Project, Project.id == Blob.project_id)
+                .outerjoin(
+                    Membership,
+                    and_(Membership.project_id == Blob.project_id, Membership.user_id == (user_id or -1)),
+                )
+                .where(Blob.sha1.in_(unique), or_(Project.public_read, Membership.role.is_not(None)))
+            )
+            best: dict[str, Any] = {}
+            for row in session.execute(query):
+                rank = (row.project_id != project_id, row.role is None, row.project_id)
+                if row.sha1 not in best or rank < best[row.sha1][0]:
+                    best[row.sha1] = (rank, row)
+            served: dict[str, int] = {}
+            for _rank, row in best.values():
+                served[row.project_id] = served.get(row.project_id, 0) + row.size
+            for served_project, size in served.items():
+                add_usage(session, served_project, requests=1, bytes_out=size)
+        results: list[dict[str, Any]] = []
+        for sha1 in unique:
+            if sha1 not in best:
+                results.append({"sha1": sha1, "found": False})
+                continue
+            row = best[sha1][1]
+            key = row.object_key or self.storage.blob_key(row.project_id, sha1)
+            url = (self.storage.public_url(key) if row.public_read else None) or self.storage.presign_get(key)
+            results.append({"sha1": sha1, "found": True, "size": row.size, "project_id": row.project_id, "url": url})
+        return {"results": results, "registered": caller.user is not None}
+
+    # ------------------------------------------------------------------------------------------------ cleanup
+
+    def sweep_expired_uploads(self, limit: int = 500) -> int:
+        """Abort uploads past their expiry: drop their parts and unrecorded objects. Returns how many."""
+        if not self._sweep_lock.acquire(blocking=False):
+            return 0  # another thread is sweeping
+        try:
+            with self.db.transaction() as session:
+                expired = list(
+                    session.scalars(
+                        select(Upload)
+                        .where(Upload.expires_at_ms < now_ms())
+                        .order_by(Upload.expires_at_ms)
+                        .limit(limit)
+                    )
+                )
+            for upload in expired:
+                if upload.multipart_upload_id:
+                    self._quietly(self.storage.abort_multipart, upload.object_key, upload.multipart_upload_id)
+                    self._drop_upload(upload.id)
+                elif upload.method == "put":
+                    self._discard_canonical(upload)
+                else:
+                    self._drop_upload(upload.id)
+            return len(expired)
+        finally:
+            self._sweep_lock.release()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    def _writable_project(self, session: Session, caller: Caller, project_id: str | None) -> Project:
+        assert caller.user is not None  # the route requires a registered caller
+        project_id = project_id or caller.user.default_project_id
+        if not project_id:
+            raise InvalidRequest(
+                f"{caller.user.name} has no default project; name one (KACHERY_CLOUD_PROJECT)", error_code="no_project"
+            )
+        return projects.require_role(session, project_id, caller.user, "write")
+
+    def _present(self, session: Session, project_id: str, sha1s: list[str]) -> set[str]:
+        if not sha1s:
+            return set()
+        return set(session.scalars(select(Blob.sha1).where(Blob.project_id == project_id, Blob.sha1.in_(sha1s))))
+
+    def _used_bytes(self, session: Session, project_id: str) -> int:
+        return int(session.scalar(select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.project_id == project_id)))
+
+    def _check_quota(self, session: Session, project: Project, new_bytes: int, new_count: int) -> None:
+        quota = project.storage_quota_bytes
+        if quota is None or new_count == 0:
+            return
+        used = self._used_bytes(session, project.id)
+        if used + new_bytes > quota:
+            raise QuotaExceeded(
+                f"storing {new_count} blob(s) of {_human(new_bytes)} would take project {project.id} over its quota "
+                f"of {_human(quota)} ({_human(used)} used); ask a project admin to raise it"
+            )
+
+    def _own_upload(self, session: Session, caller: Caller, upload_id: str) -> Upload:
+        upload = session.get(Upload, upload_id)
+        if upload is None or upload.client_id != caller.client_id or upload.expires_at_ms < now_ms():
+            raise NotFound(f"no upload {upload_id} in progress for this client", error_code="upload_not_found")
+        return upload
+
+    def _quietly(self, action: Any, *args: Any) -> None:
+        """Clean-up that may fail without failing the request (the sweeper or a later call retries it)."""
+        try:
+            action(*args)
+        except Exception as e:
+            log.warning("clean-up %s%s failed: %s", getattr(action, "__name__", action), args[:1], e)
+
+
+def _unique_blobs(blobs: list[BlobRef]) -> dict[str, BlobRef]:
+    if len(blobs) > MAX_BATCH:
+        raise InvalidRequest(f"at most {MAX_BATCH} blobs per request")
+    unique: dict[str, BlobRef] = {}
+    for blob in blobs:
+        _check_sha1(blob.sha1)
+        if not 0 <= blob.size <= MAX_BLOB_BYTES:
+            raise InvalidRequest(f"blob size {blob.size} is outside 0..{MAX_BLOB_BYTES}")
+        previous = unique.setdefault(blob.sha1, blob)
+        if previous.size != blob.size:
+            raise InvalidRequest(f"blob {blob.sha1} is listed with two sizes, {previous.size} and {blob.size}")
+    return unique
+
+
+def _check_sha1(sha1: str) -> str:
+    if not SHA1_RE.match(sha1):
+        raise InvalidRequest(f"invalid SHA-1 {sha1[:60]!r}: expected 40 lowercase hex digits")
+    return sha1
+
+
+def _num_parts(size: int, part_size: int) -> int:
+    return max(1, -(-size // part_size))
+
+
+def _part_length(size: int, part_size: int, part_number: int) -> int:
+    return max(0, min(part_size, size - (part_number - 1) * part_size))
+
+
+def _upload_id(plan: _Plan | Upload) -> str:
+    return plan.upload_id if isinstance(plan, _Plan) else plan.id
+
+
+def _result(upload_id: str, sha1: str | None, status: str, message: str) -> dict[str, Any]:
+    return {"upload_id": upload_id, "sha1": sha1, "status": status, "message": message}
+
+
+def _mismatch(upload: Upload, actual_sha1: str, actual_size: int) -> dict[str, Any]:
+    return _result(
+        upload.id,
+        upload.sha1,
+        "mismatch",
+        f"the uploaded bytes ({actual_size} bytes, SHA-1 {actual_sha1}) are not the blob "
+        f"({upload.size} bytes, SHA-1 {upload.sha1}); nothing was recorded",
+    )
+
+
+def _error_code(e: Exception) -> str | None:
+    response = getattr(e, "response", None)
+    return str(response.get("Error", {}).get("Code")) if isinstance(response, dict) else None
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -1,0 +1,150 @@
+"""Layer 7: bringing content from the API server's projects into the local store, or reading a range of it.
+
+Several processes loading one URI at once download it once: each takes the blob's lock, then looks in the
+store again before asking the server. A download is hashed while it streams into a temp file and renamed
+into the store only if it has the expected SHA-1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._connection import api_client
+from ._progress import TRANSFER_PROGRESS_MIN_BYTES, ProgressBar, progress_bar
+from .api import blobs as blobs_api
+from .api.blobs import FoundBlob
+from .config import ClientConfig
+from .errors import IntegrityError, NotFoundError, ServerUnreachableError
+from .local import LocalDirectory
+
+if TYPE_CHECKING:  # requests loads on the first download, not with `import kachery_cloud`
+    from .api.client import ApiClient
+    from .transfer.download import UrlSource
+
+MAX_PARALLEL_DOWNLOADS = 8
+
+
+def fetch_blob(config: ClientConfig, local: LocalDirectory, sha1: str, *, quiet: bool | None = None) -> Path:
+    """The blob's path in the local store, downloaded first if needed. Raises :class:`NotFoundError`."""
+    with local.blobs.lock(sha1):
+        path = local.blobs.find(sha1)
+        if path is not None:  # another process fetched it while we waited for the lock
+            return path
+        api = api_client(config)
+        with _explain_unreachable(config, [sha1]):
+            found, registered = blobs_api.find(api, [sha1], config.project)
+        if sha1 not in found:
+            raise NotFoundError(not_found_message(config, sha1, registered))
+        blob = found[sha1]
+        with progress_bar(blob.size, f"loading {sha1[:12]}", quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
+            return _download(api, config, local, blob, bar)
+
+
+def fetch_blobs(
+    config: ClientConfig, local: LocalDirectory, sha1s: list[str], *, quiet: bool | None = None
+) -> dict[str, Path]:
+    """Paths of those of ``sha1s`` available locally or in a readable project, downloading in parallel."""
+    paths: dict[str, Path] = {}
+    missing: list[str] = []
+    for sha1 in dict.fromkeys(sha1s):
+        path = local.blobs.find(sha1)
+        if path is not None:
+            paths[sha1] = path
+        else:
+            missing.append(sha1)
+    if not missing:
+        return paths
+    api = api_client(config)
+    with _explain_unreachable(config, missing):
+        found, _registered = blobs_api.find(api, missing, config.project)
+    blobs = [found[sha1] for sha1 in missing if sha1 in found]
+    total = sum(blob.size for blob in blobs)
+    with progress_bar(total, f"loading {len(blobs)} files", quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
+
+        def fetch(blob: FoundBlob) -> tuple[str, Path]:
+            with local.blobs.lock(blob.sha1):
+                path = local.blobs.find(blob.sha1)
+                return blob.sha1, path if path is not None else _download(api, config, local, blob, bar)
+
+        if len(blobs) == 1:
+            paths.update([fetch(blobs[0])])
+        elif blobs:
+            with ThreadPoolExecutor(min(MAX_PARALLEL_DOWNLOADS, len(blobs)), thread_name_prefix="kachery-load") as pool:
+                paths.update(pool.map(fetch, blobs))
+    return paths
+
+
+def remote_blob(config: ClientConfig, sha1: str) -> FoundBlob:
+    """Where the server has ``sha1`` (size, project, URL). Raises :class:`NotFoundError`."""
+    with _explain_unreachable(config, [sha1]):
+        found, registered = blobs_api.find(api_client(config), [sha1], config.project)
+    if sha1 not in found:
+        raise NotFoundError(not_found_message(config, sha1, registered))
+    return found[sha1]
+
+
+def remote_range(config: ClientConfig, blob: FoundBlob, start: int, end: int) -> bytes:
+    """Bytes ``start``..``end`` of a blob on the server, transferring only those (not cached, not hashed:
+    a part of a blob cannot be checked against the blob's hash)."""
+    from .transfer.download import fetch_range
+
+    api = api_client(config)
+    return fetch_range(_url_source(api, config, blob), start, end, f"reading {blob.sha1}")
+
+
+def not_found_message(config: ClientConfig, sha1: str, registered: bool) -> str:
+    where = f"the local store ({config.dir}) or any project this client can read on {config.effective_api_url}"
+    message = f"sha1://{sha1} is not in {where}"
+    if config.ephemeral:
+        return f"{message} (ephemeral mode: only public projects are searched)"
+    if not registered:
+        return (
+            f"{message} (this client is not registered with that server, so only public projects were searched; "
+            "run kachery-cloud-init)"
+        )
+    return message
+
+
+@contextlib.contextmanager
+def _explain_unreachable(config: ClientConfig, sha1s: list[str]) -> Iterator[None]:
+    try:
+        yield
+    except ServerUnreachableError as e:
+        what = f"sha1://{sha1s[0]}" + (f" (and {len(sha1s) - 1} more)" if len(sha1s) > 1 else "")
+        raise ServerUnreachableError(
+            f"{what} is not in the local store ({config.dir}), and {e}. To look only locally, use "
+            "local_only=True (CLI: --local-only)"
+        ) from None
+
+
+def _download(api: ApiClient, config: ClientConfig, local: LocalDirectory, blob: FoundBlob, bar: ProgressBar) -> Path:
+    from .transfer.download import stream_blob
+
+    url = _url_source(api, config, blob)
+    what = f"loading {blob.sha1}"
+    try:
+        return local.blobs.put(
+            blob.sha1, lambda out: stream_blob(url, blob.size, out, what), size_hint=0, on_progress=bar.update
+        )
+    except IntegrityError as e:
+        raise IntegrityError(
+            f"the object store sent bytes that are not sha1://{blob.sha1}; nothing was cached ({e})"
+        ) from None
+
+
+def _url_source(api: ApiClient, config: ClientConfig, blob: FoundBlob) -> UrlSource:
+    current = [blob.url]
+
+    def url(refresh: bool) -> str:
+        if refresh:  # the URL expired (or was refused): ask for a fresh one, preferring the same project
+            found, registered = blobs_api.find(api, [blob.sha1], blob.project_id)
+            if blob.sha1 not in found:
+                raise NotFoundError(not_found_message(config, blob.sha1, registered))
+            current[0] = found[blob.sha1].url
+        return current[0]
+
+    return url
