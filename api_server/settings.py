@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # How long a presigned URL stays valid; clients ask for a fresh one when theirs has expired.
     presigned_url_ttl_sec: int = Field(3600, ge=1, le=7 * 24 * 3600)
     # An upload not completed within this time (renewed while part URLs are asked for) is aborted.
-    upload_ttl_sec: int = Field(24 * 3600, ge=60)
+    upload_ttl_sec: int = Field(24 * 3600, ge=1)
     # Blobs up to this size go up in one PUT (when the store checks SHA-1 checksums); larger ones in parts.
     single_put_max_bytes: int = Field(64 * MIB, ge=0, le=5 * GIB)
     # Part size of multipart uploads (S3 needs >= 5 MiB); raised for huge blobs to stay within 10,000 parts.

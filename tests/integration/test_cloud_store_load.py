@@ -16,10 +16,13 @@ import pytest
 import requests
 
 import kachery_cloud as kcl
+from kachery_cloud import fetching
 from kachery_cloud._connection import api_client, forget_clients
+from kachery_cloud._progress import ProgressBar
 from kachery_cloud.api import blobs as blobs_api
+from kachery_cloud.api.blobs import FoundBlob
 from kachery_cloud.config import load_config
-from kachery_cloud.transfer.download import stream_blob
+from kachery_cloud.local import LocalDirectory
 from kachery_cloud.transfer.upload import upload_files
 
 from ..servers import RunningServer, clean_env
@@ -73,6 +76,7 @@ def test_every_store_function_round_trips_to_a_fresh_client(
         "big": kcl.store_file(big, label="big.bin"),
         "small": kcl.store_file(str(small), cache_locally=True),
         "text": kcl.store_text("some text", label="t.txt"),
+        "empty": kcl.store_text(""),
         "json": kcl.store_json({"b": [1, 2.5], "a": None}),
         "npy": kcl.store_npy(array),
         "pkl": kcl.store_pkl({"array": array, "name": "x"}),
@@ -95,6 +99,7 @@ def test_every_store_function_round_trips_to_a_fresh_client(
     assert path is not None and Path(path).read_bytes() == big.read_bytes()
     assert kcl.load_file_info(uris["big"])["local_path"] == path
     assert kcl.load_text(uris["text"]) == "some text"
+    assert kcl.load_text(uris["empty"]) == ""
     assert kcl.load_json(uris["json"]) == {"a": None, "b": [1, 2.5]}
     np.testing.assert_array_equal(kcl.load_npy(uris["npy"]), array)
     loaded = kcl.load_pkl(uris["pkl"])
@@ -189,18 +194,13 @@ def test_tampered_and_expired_urls_are_refused_by_the_store_and_refreshed_by_the
     import time
 
     time.sleep(2)
-    for bad in (expired, tampered):
+    for name, bad in (("expired", expired), ("tampered", tampered)):
         assert requests.get(bad, timeout=30).status_code == 403
-        asked: list[bool] = []
-
-        def url(refresh: bool, bad: str = bad, asked: list[bool] = asked) -> str:
-            asked.append(refresh)
-            return good if refresh else bad
-
-        out = tmp_path / "out.bin"
-        with open(out, "wb") as f:
-            stream_blob(url, len(payload) * 2, f, "test download")
-        assert out.read_bytes() == payload.hex().encode() and asked == [False, True]
+        # A download handed the bad URL asks the server for a fresh one and completes.
+        local = LocalDirectory(tmp_path / name)
+        blob = FoundBlob(sha1, len(payload) * 2, "default", bad)
+        path = fetching._download(api, load_config(), local, blob, ProgressBar(blob.size, "", enabled=False))
+        assert path.read_bytes() == payload.hex().encode()
 
     # An upload whose URL was tampered with gets a fresh one from the server.
     data_file = random_file(tmp_path / "up.bin", 7 * MIB)

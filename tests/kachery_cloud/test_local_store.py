@@ -17,6 +17,7 @@ from kachery_cloud._context import local_directory
 from kachery_cloud.hashing import sha1_of_bytes, sha1_of_file
 
 from ..helpers import blob_files, bytes_read_by_this_process
+from ..servers import free_port
 
 MISSING = "sha1://" + "0" * 40
 
@@ -52,11 +53,12 @@ def test_object_round_trips_and_labels_never_change_the_hash() -> None:
     assert pkl["n"] == 3
 
 
-def test_missing_content_is_none_locally_and_needs_a_server_otherwise() -> None:
+def test_missing_content_is_none_locally_and_needs_a_server_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     for load in (kcl.load_file, kcl.load_text, kcl.load_json, kcl.load_npy, kcl.load_pkl, kcl.load_file_info):
         assert load(MISSING, local_only=True) is None
-        with pytest.raises(NotConnectedError, match="no API server is configured"):
-            load(MISSING)
+    monkeypatch.setenv("KACHERY_CLOUD_API_URL", f"http://127.0.0.1:{free_port()}")  # nobody listens there
+    with pytest.raises(NotConnectedError, match=r"is not in the local store .*cannot reach .*local_only=True"):
+        kcl.load_file(MISSING)
     with pytest.raises(NotFoundError):
         kcl.cat_file(MISSING, local_only=True)
     with pytest.raises(NotFoundError):

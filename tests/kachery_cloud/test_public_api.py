@@ -10,8 +10,10 @@ from kachery_cloud import errors
 EXPECTED = {
     "__version__",
     # files
-    "store_file_local", "link_file", "load_file", "load_file_info", "load_bytes", "cat_file",
+    "store_file", "store_files", "store_file_local", "link_file", "load_file", "load_files", "load_file_info",
+    "load_bytes", "cat_file",
     # objects
+    "store_text", "store_json", "store_npy", "store_pkl",
     "store_text_local", "store_json_local", "store_npy_local", "store_pkl_local",
     "load_text", "load_json", "load_npy", "load_pkl",
     # local mutables
@@ -22,7 +24,7 @@ EXPECTED = {
     "KacheryCloudError", "ConfigError", "InvalidArgumentError", "InvalidURIError", "InvalidMutableKeyError",
     "SerializationError", "UnsafePickleError", "LocalFileError", "NotFoundError", "IntegrityError",
     "NotConnectedError", "ServerUnreachableError", "ServerError", "AuthenticationError", "NotRegisteredError",
-    "PermissionDeniedError", "RateLimitedError",
+    "PermissionDeniedError", "RateLimitedError", "EphemeralModeError", "QuotaExceededError",
 }  # fmt: skip
 
 
@@ -50,6 +52,7 @@ def test_errors_also_derive_from_the_builtin_a_caller_would_catch() -> None:
     assert issubclass(kcl.NotFoundError, FileNotFoundError)
     assert issubclass(kcl.ServerUnreachableError, ConnectionError)
     assert issubclass(kcl.PermissionDeniedError, PermissionError)
+    assert issubclass(kcl.EphemeralModeError, PermissionError)
 
 
 def test_importing_the_package_does_not_load_heavy_or_server_dependencies() -> None:
