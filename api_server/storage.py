@@ -115,7 +115,7 @@ class Storage:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=multipart_id)
         except Exception as e:
-            if _error_code(e) not in ("NoSuchUpload", "404"):
+            if s3_error_code(e) not in ("NoSuchUpload", "404"):
                 raise
 
     # ---------------------------------------------------------------- objects
@@ -124,7 +124,7 @@ class Storage:
         try:
             response = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except Exception as e:
-            if _error_code(e) in ("404", "NoSuchKey", "NotFound"):
+            if s3_error_code(e) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
         return ObjectHead(size=int(response["ContentLength"]), checksum_sha1=response.get("ChecksumSHA1"))
@@ -151,7 +151,7 @@ class Storage:
             self.client.head_bucket(Bucket=self.bucket)
             return
         except Exception as e:
-            if _error_code(e) not in ("404", "NoSuchBucket", "NotFound"):
+            if s3_error_code(e) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
         self.client.create_bucket(Bucket=self.bucket)
 
@@ -187,7 +187,8 @@ def new_upload_id() -> str:
     return secrets.token_hex(16)
 
 
-def _error_code(e: Exception) -> str | None:
+def s3_error_code(e: Exception) -> str | None:
+    """The S3 error code of a botocore ``ClientError`` (``NoSuchKey``, ``404`` …), else None."""
     response = getattr(e, "response", None)
     if not isinstance(response, dict):
         return None

@@ -12,6 +12,7 @@ Each repetition uses new content (the first bytes change), so nothing is dedupli
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import statistics
@@ -42,6 +43,11 @@ def sha1_file(path: Path) -> str:
         while chunk := f.read(MIB):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha1_and_upload(s3, source: Path, bucket: str, key: str) -> None:
+    sha1_file(source)
+    s3.upload_file(str(source), bucket, key)
 
 
 def timed(fn) -> float:
@@ -75,35 +81,30 @@ def main() -> None:
                 with open(source, "r+b") as f:  # new content each repetition
                     f.write(f"repetition {rep} {time.time()}".encode())
                 os.sync()
-                results["boto3_store"].append(
-                    timed(lambda: (sha1_file(source), s3.upload_file(str(source), bucket, f"bench/{rep}")))
-                )
-                target = tmp / "downloaded.bin"
-                results["boto3_load"].append(timed(lambda: s3.download_file(bucket, f"bench/{rep}", str(target))))
+                key, target = f"bench/{rep}", tmp / "downloaded.bin"
+                results["boto3_store"].append(timed(functools.partial(sha1_and_upload, s3, source, bucket, key)))
+                results["boto3_load"].append(timed(functools.partial(s3.download_file, bucket, key, str(target))))
                 target.unlink()
-                s3.delete_object(Bucket=bucket, Key=f"bench/{rep}")
+                s3.delete_object(Bucket=bucket, Key=key)
 
                 os.environ["KACHERY_CLOUD_DIR"] = str(tmp / f"client-{rep}")
                 forget_clients()
                 kcl.init(quiet=True)
-                uri = ""
-
-                def store() -> None:
-                    nonlocal uri
-                    uri = kcl.store_file(source)
-
-                results["kc_store"].append(timed(store))
+                started = time.perf_counter()
+                uri = kcl.store_file(source)
+                results["kc_store"].append(time.perf_counter() - started)
                 os.environ["KACHERY_CLOUD_DIR"] = str(tmp / f"reader-{rep}")
                 forget_clients()
                 kcl.init(quiet=True)
-                results["kc_load"].append(timed(lambda: kcl.load_file(uri)))
+                results["kc_load"].append(timed(functools.partial(kcl.load_file, uri)))
                 for directory in (f"client-{rep}", f"reader-{rep}"):
                     os.system(f"rm -rf {tmp / directory}")
         finally:
             server.stop()
     print(f"{size // MIB} MiB, {repeats} repetitions, embedded nanio on loopback; median (min-max)")
-    print(f"  store  kachery-cloud {summary(results['kc_store'])}   sha1 + boto3 upload_file {summary(results['boto3_store'])}")
-    print(f"  load   kachery-cloud {summary(results['kc_load'])}   boto3 download_file      {summary(results['boto3_load'])}")
+    kc_store, kc_load = summary(results["kc_store"]), summary(results["kc_load"])
+    print(f"  store  kachery-cloud {kc_store}   sha1 + boto3 upload_file {summary(results['boto3_store'])}")
+    print(f"  load   kachery-cloud {kc_load}   boto3 download_file      {summary(results['boto3_load'])}")
     store_ratio = statistics.median(results["kc_store"]) / statistics.median(results["boto3_store"])
     load_ratio = statistics.median(results["kc_load"]) / statistics.median(results["boto3_load"])
     print(f"  ratios (kachery-cloud / boto3): store {store_ratio:.2f}, load {load_ratio:.2f}")

@@ -32,7 +32,7 @@ from ..db.models import Blob, Membership, Project, Upload, now_ms
 from ..db.session import Database
 from ..errors import InvalidRequest, NotFound, QuotaExceeded, StorageFailed
 from ..settings import MIB, Settings
-from ..storage import Storage, new_upload_id, sha1_base64
+from ..storage import Storage, new_upload_id, s3_error_code, sha1_base64
 from . import projects
 from .usage import add_usage
 
@@ -258,7 +258,7 @@ class BlobService:
         try:
             self.storage.complete_multipart(upload.object_key, upload.multipart_upload_id, sorted(parts))
         except Exception as e:
-            code = _error_code(e)
+            code = s3_error_code(e)
             if code == "NoSuchUpload" and self.storage.head(upload.object_key) is not None:
                 pass  # completed by an earlier attempt of this same request; verify what it wrote
             elif code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "NoSuchUpload"):
@@ -491,11 +491,6 @@ def _mismatch(upload: Upload, actual_sha1: str, actual_size: int) -> dict[str, A
         f"the uploaded bytes ({actual_size} bytes, SHA-1 {actual_sha1}) are not the blob "
         f"({upload.size} bytes, SHA-1 {upload.sha1}); nothing was recorded",
     )
-
-
-def _error_code(e: Exception) -> str | None:
-    response = getattr(e, "response", None)
-    return str(response.get("Error", {}).get("Code")) if isinstance(response, dict) else None
 
 
 def _human(n: int) -> str:

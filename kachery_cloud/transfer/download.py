@@ -80,7 +80,10 @@ def fetch_range(url: UrlSource, start: int, end: int, what: str) -> bytes:
                 return response.content
             if response.status_code == 200:  # a store that ignores Range: cut the slice out of the whole
                 return response.content[start:end]
-            error = error_from(response, what)
+            if response.status_code == 206:  # cut short: try again
+                error = StoreRequestError(f"{what}: the store sent {len(response.content)} of {end - start} bytes")
+            else:
+                error = error_from(response, what)
             if error.status == 404:
                 raise NotFoundError(f"{what}: the object store no longer has this blob ({error})")
             if not (error.transient or error.needs_new_url):
