@@ -40,14 +40,18 @@ def server(
     running.stop()
 
 
-@pytest.fixture
-def connected(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> RunningServer:
-    """This test's client directory pointed at ``server`` (not yet registered)."""
+def point_client_at(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> RunningServer:
     from kachery_cloud._connection import forget_clients
 
     monkeypatch.setenv("KACHERY_CLOUD_API_URL", server.url)
-    forget_clients()
+    forget_clients()  # a client cached for another server must not be reused
     return server
+
+
+@pytest.fixture
+def connected(server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> RunningServer:
+    """This test's client directory pointed at ``server`` (not yet registered)."""
+    return point_client_at(server, monkeypatch)
 
 
 # Small thresholds, so that multipart uploads and batches of part URLs happen with test-sized files.
@@ -88,9 +92,7 @@ def cloud(
 def cloud_client(cloud: RunningServer, monkeypatch: pytest.MonkeyPatch) -> RunningServer:
     """This test's client directory pointed at ``cloud`` and registered (as the server's local owner)."""
     from kachery_cloud import init
-    from kachery_cloud._connection import forget_clients
 
-    monkeypatch.setenv("KACHERY_CLOUD_API_URL", cloud.url)
-    forget_clients()
+    point_client_at(cloud, monkeypatch)
     init(quiet=True)
     return cloud
