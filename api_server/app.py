@@ -73,23 +73,16 @@ def create_app(context: ServerContext) -> FastAPI:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: ServerContext = app.state.context
     stop = threading.Event()
-    sweeper = None
-    if context.blobs is not None:
-        sweeper = threading.Thread(
-            target=_sweep_uploads, args=(context, stop), name="kachery-upload-sweeper", daemon=True
-        )
-        sweeper.start()
+    threading.Thread(target=_sweep_uploads, args=(context, stop), name="kachery-upload-sweeper", daemon=True).start()
     try:
         yield
     finally:
         stop.set()
-        if context.blobs is not None:
-            context.blobs.close()
+        context.blobs.close()
 
 
 def _sweep_uploads(context: ServerContext, stop: threading.Event) -> None:
     """Abort abandoned uploads now and then (every minute, or sooner when uploads expire sooner)."""
-    assert context.blobs is not None
     interval = max(1.0, min(60.0, context.settings.upload_ttl_sec / 2))
     while not stop.is_set():
         try:

@@ -255,21 +255,17 @@ def set_quota(data_dir: Path | None, settings_file: Path | None, project_id: str
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def usage(data_dir: Path | None, settings_file: Path | None, project_id: str, as_json: bool) -> None:
     """Requests and bytes in/out of a project per UTC day, and what it stores now."""
-    from sqlalchemy import func, select
-
-    from .db.models import Blob
     from .services import projects
+    from .services.blobs import stored_totals
     from .services.usage import usage_of
 
     with _database(data_dir, settings_file) as session:
         project = projects.get_project(session, project_id)
-        count, stored = session.execute(
-            select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(Blob.project_id == project_id)
-        ).one()
+        count, stored = stored_totals(session, project_id)
         report = {
             "project_id": project_id,
-            "blobs": int(count),
-            "stored_bytes": int(stored),
+            "blobs": count,
+            "stored_bytes": stored,
             "storage_quota_bytes": project.storage_quota_bytes,
             "days": usage_of(session, project_id),
         }

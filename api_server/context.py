@@ -1,5 +1,5 @@
-"""What a running server shares between requests: settings, database, storage, verifiers. Built once by the
-app factory; the admin CLI builds one without storage."""
+"""What a running server shares between requests: settings, database, storage, verifiers, the blob service.
+Built once at start; the admin CLI works on the database alone and needs none of it."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from .storage import Storage
 class ServerContext:
     settings: Settings
     db: Database
-    storage: Storage | None
+    storage: Storage
     authenticator: RequestAuthenticator
     google: GoogleTokenVerifier | None
-    blobs: BlobService | None = None
+    blobs: BlobService
 
     @classmethod
-    def build(cls, settings: Settings, storage: Storage | None) -> ServerContext:
+    def build(cls, settings: Settings, storage: Storage) -> ServerContext:
         db = Database(settings.resolved_database_url)
         google = (
             GoogleTokenVerifier(settings.google_client_id, settings.google_certs_url)
@@ -36,7 +36,7 @@ class ServerContext:
             storage=storage,
             authenticator=RequestAuthenticator(db, settings.signature_window_sec),
             google=google,
-            blobs=BlobService(db, storage, settings) if storage is not None else None,
+            blobs=BlobService(db, storage, settings),
         )
 
     @property

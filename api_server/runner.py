@@ -96,7 +96,7 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
         _write_pid_file(data_dir, settings.resolved_public_url)
         if announce:
             store = f"embedded nanio at {s3.endpoint_url}" if embedded else f"{s3.endpoint_url} bucket {s3.bucket}"
-            if storage.enforces_sha1 and settings.verify_uploads == "auto":
+            if context.blobs.store_checks_sha1:
                 store += "\n  uploads: single PUTs checked by the store's SHA-1 check, multipart uploads re-hashed"
             else:
                 store += "\n  uploads: re-hashed on this server (the store does not check SHA-1 checksums)"

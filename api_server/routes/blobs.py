@@ -7,9 +7,8 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from ..errors import Forbidden
 from ..services import projects, usage
-from ..services.blobs import MAX_BATCH, MAX_PART_URLS, BlobRef, BlobService
+from ..services.blobs import MAX_BATCH, MAX_PART_URLS, BlobRef
 from .deps import ContextDep, OptionalCaller, RegisteredCaller
 
 router = APIRouter(prefix="/api", tags=["blobs"])
@@ -111,23 +110,17 @@ class UsageResponse(BaseModel):
     days: list[UsageDay]
 
 
-def _blobs(context: ContextDep) -> BlobService:
-    if context.blobs is None:  # pragma: no cover - a server always has storage
-        raise RuntimeError("this server has no object store")
-    return context.blobs
-
-
 @router.post("/blobs/need", response_model=NeedResponse, response_model_exclude_none=True)
 def need(body: NeedRequest, caller: RegisteredCaller, context: ContextDep) -> dict:
     """Which of these blobs the project lacks, and for each one how to upload it."""
     blobs = [BlobRef(item.sha1, item.size) for item in body.blobs]
-    return _blobs(context).need(caller, body.project_id, blobs)
+    return context.blobs.need(caller, body.project_id, blobs)
 
 
 @router.post("/uploads/{upload_id}/urls", response_model=UrlsResponse, response_model_exclude_none=True)
 def upload_urls(upload_id: str, body: UrlsRequest, caller: RegisteredCaller, context: ContextDep) -> dict:
     """Fresh URLs for an upload in progress (its PUT URL, or the parts asked for); keeps the upload alive."""
-    return _blobs(context).upload_urls(caller, upload_id, body.part_numbers)
+    return context.blobs.upload_urls(caller, upload_id, body.part_numbers)
 
 
 @router.post("/uploads/complete", response_model=CompleteResponse)
@@ -137,21 +130,19 @@ def complete(body: CompleteRequest, caller: RegisteredCaller, context: ContextDe
         (item.upload_id, None if item.parts is None else [(p.part_number, p.etag) for p in item.parts])
         for item in body.uploads
     ]
-    return {"results": _blobs(context).complete(caller, items)}
+    return {"results": context.blobs.complete(caller, items)}
 
 
 @router.post("/blobs/find", response_model=FindResponse, response_model_exclude_none=True)
 def find(body: FindRequest, caller: OptionalCaller, context: ContextDep) -> dict:
     """Where to download blobs from, among the projects the caller may read (anyone: public projects)."""
-    return _blobs(context).find(caller, body.sha1s, body.project_id)
+    return context.blobs.find(caller, body.sha1s, body.project_id)
 
 
 @router.get("/projects/{project_id}/usage", response_model=UsageResponse)
 def project_usage(project_id: str, caller: RegisteredCaller, context: ContextDep) -> UsageResponse:
     """Requests and bytes per day of a project the caller is a member of."""
     with context.db.transaction() as session:
-        projects.get_project(session, project_id)
-        if projects.role_of(session, project_id, caller.user_id) is None:  # even for public projects
-            raise Forbidden(f"only members see the usage of project {project_id}", error_code="not_a_member")
+        projects.require_role(session, project_id, caller.user, "read", members_only=True)
         days = usage.usage_of(session, project_id)
     return UsageResponse(project_id=project_id, days=[UsageDay(**d) for d in days])

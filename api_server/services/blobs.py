@@ -17,8 +17,6 @@ The rules:
 from __future__ import annotations
 
 import logging
-import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +25,12 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from kachery_cloud.uri import is_sha1_hex
+
 from ..auth import Caller
 from ..db.models import Blob, Membership, Project, Upload, now_ms
 from ..db.session import Database
-from ..errors import InvalidRequest, NotFound, QuotaExceeded, StorageFailed
+from ..errors import ApiError, InvalidRequest, NotFound, QuotaExceeded, StorageFailed
 from ..settings import MIB, Settings
 from ..storage import Storage, new_upload_id, s3_error_code, sha1_base64
 from . import projects
@@ -38,7 +38,6 @@ from .usage import add_usage
 
 log = logging.getLogger("kachery_cloud_server")
 
-SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
 MAX_BATCH = 1000  # blobs per request
 MAX_BLOB_BYTES = 5 << 40  # S3's largest object
 MAX_PARTS = 10_000  # S3's limit per multipart upload
@@ -55,7 +54,9 @@ class BlobRef:
 
 @dataclass(frozen=True)
 class _Plan:
-    upload_id: str
+    """An upload about to start; its fields are named as :class:`Upload`'s, so both describe an upload."""
+
+    id: str
     sha1: str
     size: int
     method: str  # "put" | "multipart"
@@ -69,7 +70,11 @@ class BlobService:
         self.storage = storage
         self.settings = settings
         self._pool = ThreadPoolExecutor(max_workers=_STORAGE_THREADS, thread_name_prefix="kachery-storage")
-        self._sweep_lock = threading.Lock()
+
+    @property
+    def store_checks_sha1(self) -> bool:
+        """Whether single PUTs are verified by the store's own SHA-1 check (else everything is re-hashed)."""
+        return self.storage.enforces_sha1 and self.settings.verify_uploads == "auto"
 
     # ------------------------------------------------------------------------------------------------ need
 
@@ -84,23 +89,11 @@ class BlobService:
             add_usage(session, project.id, requests=1)
         plans = [self._plan(project.id, blob) for blob in missing]
         multipart_ids = self._create_multipart_uploads([p for p in plans if p.method == "multipart"])
-        expires = now_ms() + self.settings.upload_ttl_sec * 1000
-        with self.db.transaction() as session:
-            for plan in plans:
-                session.add(
-                    Upload(
-                        id=plan.upload_id,
-                        project_id=project.id,
-                        sha1=plan.sha1,
-                        size=plan.size,
-                        object_key=plan.object_key,
-                        multipart_upload_id=multipart_ids.get(plan.upload_id),
-                        method=plan.method,
-                        part_size=plan.part_size,
-                        client_id=caller.client_id,
-                        expires_at_ms=expires,
-                    )
-                )
+        try:
+            self._add_uploads(caller, project.id, plans, multipart_ids)
+        except Exception:
+            self._abort_multipart_uploads(plans, multipart_ids)  # no row would ever lead the sweeper to them
+            raise
         planned = {plan.sha1: plan for plan in plans}
         results: list[dict[str, Any]] = []
         for sha1 in unique:
@@ -108,14 +101,37 @@ class BlobService:
             if plan is None:
                 results.append({"sha1": sha1, "status": "exists"})
                 continue
-            instructions = self._instructions(plan, multipart_ids.get(plan.upload_id), first_parts=FIRST_PART_URLS)
+            instructions = self._instructions(plan, multipart_ids.get(plan.id))
             results.append({"sha1": sha1, "status": "upload", **instructions})
         return {"project_id": project.id, "results": results}
 
+    def _add_uploads(self, caller: Caller, project_id: str, plans: list[_Plan], multipart_ids: dict[str, str]) -> None:
+        expires = now_ms() + self.settings.upload_ttl_sec * 1000
+        with self.db.transaction() as session:
+            for plan in plans:
+                session.add(
+                    Upload(
+                        id=plan.id,
+                        project_id=project_id,
+                        sha1=plan.sha1,
+                        size=plan.size,
+                        object_key=plan.object_key,
+                        multipart_upload_id=multipart_ids.get(plan.id),
+                        method=plan.method,
+                        part_size=plan.part_size,
+                        client_id=caller.client_id,
+                        expires_at_ms=expires,
+                    )
+                )
+
+    def _abort_multipart_uploads(self, plans: list[_Plan], multipart_ids: dict[str, str]) -> None:
+        keys = {plan.id: plan.object_key for plan in plans}
+        for upload_id, multipart_id in multipart_ids.items():
+            self._quietly(self.storage.abort_multipart, keys[upload_id], multipart_id)
+
     def _plan(self, project_id: str, blob: BlobRef) -> _Plan:
         upload_id = new_upload_id()
-        store_checks = self.storage.enforces_sha1 and self.settings.verify_uploads == "auto"
-        if store_checks and blob.size <= self.settings.single_put_max_bytes:
+        if self.store_checks_sha1 and blob.size <= self.settings.single_put_max_bytes:
             return _Plan(upload_id, blob.sha1, blob.size, "put", self.storage.blob_key(project_id, blob.sha1), None)
         key = self.storage.upload_key(project_id, blob.sha1, upload_id)
         return _Plan(upload_id, blob.sha1, blob.size, "multipart", key, self._part_size(blob.size))
@@ -130,7 +146,7 @@ class BlobService:
     def _create_multipart_uploads(self, plans: list[_Plan]) -> dict[str, str]:
         if not plans:
             return {}
-        futures = {plan.upload_id: self._pool.submit(self.storage.create_multipart, plan.object_key) for plan in plans}
+        futures = {plan.id: self._pool.submit(self.storage.create_multipart, plan.object_key) for plan in plans}
         created: dict[str, str] = {}
         failure: Exception | None = None
         for upload_id, future in futures.items():
@@ -139,66 +155,50 @@ class BlobService:
             except Exception as e:
                 failure = e
         if failure is not None:
-            keys = {plan.upload_id: plan.object_key for plan in plans}
-            for upload_id, multipart_id in created.items():
-                self._quietly(self.storage.abort_multipart, keys[upload_id], multipart_id)
+            self._abort_multipart_uploads(plans, created)
             log.error("creating multipart uploads failed: %s", failure)
             raise StorageFailed("the object store refused to start an upload; try again later")
         return created
 
-    def _instructions(self, plan: _Plan | Upload, multipart_id: str | None, *, first_parts: int) -> dict[str, Any]:
+    def _instructions(
+        self, plan: _Plan | Upload, multipart_id: str | None, part_numbers: list[int] | None = None
+    ) -> dict[str, Any]:
+        """How to send an upload: its PUT URL, or URLs for ``part_numbers`` (default: the first parts)."""
         if plan.method == "put":
             presigned = self.storage.presign_put(plan.object_key, plan.size, plan.sha1)
-            return {
-                "upload_id": _upload_id(plan),
-                "method": "put",
-                "url": presigned.url,
-                "headers": presigned.headers,
-            }
+            return {"upload_id": plan.id, "method": "put", "url": presigned.url, "headers": presigned.headers}
         assert plan.part_size is not None and multipart_id is not None
         num_parts = _num_parts(plan.size, plan.part_size)
-        numbers = range(1, min(num_parts, first_parts) + 1)
+        if part_numbers is None:
+            part_numbers = list(range(1, min(num_parts, FIRST_PART_URLS) + 1))
+        bad = [n for n in part_numbers if not 1 <= n <= num_parts]
+        if bad:
+            raise InvalidRequest(f"upload {plan.id} has parts 1..{num_parts}; no part {bad[0]}")
+        part_urls = {
+            str(n): self.storage.presign_part(
+                plan.object_key, multipart_id, n, _part_length(plan.size, plan.part_size, n)
+            ).url
+            for n in sorted(set(part_numbers))
+        }
         return {
-            "upload_id": _upload_id(plan),
+            "upload_id": plan.id,
             "method": "multipart",
             "part_size": plan.part_size,
             "num_parts": num_parts,
-            "part_urls": self._part_urls(plan.object_key, multipart_id, plan.size, plan.part_size, numbers),
-        }
-
-    def _part_urls(self, key: str, multipart_id: str, size: int, part_size: int, numbers: Any) -> dict[str, str]:
-        return {
-            str(n): self.storage.presign_part(key, multipart_id, n, _part_length(size, part_size, n)).url
-            for n in numbers
+            "part_urls": part_urls,
         }
 
     # ------------------------------------------------------------------------------------------------ URLs
 
     def upload_urls(self, caller: Caller, upload_id: str, part_numbers: list[int]) -> dict[str, Any]:
         """Fresh URLs for an upload in progress: its PUT URL, or URLs for the parts asked for."""
+        if len(part_numbers) > MAX_PART_URLS:
+            raise InvalidRequest(f"at most {MAX_PART_URLS} part URLs per request")
         with self.db.transaction() as session:
             upload = self._own_upload(session, caller, upload_id)
             # A client still asking for URLs is alive: its upload is not abandoned.
             upload.expires_at_ms = max(upload.expires_at_ms, now_ms() + self.settings.upload_ttl_sec * 1000)
-        if upload.method == "put":
-            return self._instructions(upload, None, first_parts=0)
-        assert upload.part_size is not None and upload.multipart_upload_id is not None
-        num_parts = _num_parts(upload.size, upload.part_size)
-        if len(part_numbers) > MAX_PART_URLS:
-            raise InvalidRequest(f"at most {MAX_PART_URLS} part URLs per request")
-        bad = [n for n in part_numbers if not 1 <= n <= num_parts]
-        if bad:
-            raise InvalidRequest(f"upload {upload_id} has parts 1..{num_parts}; no part {bad[0]}")
-        urls = self._part_urls(
-            upload.object_key, upload.multipart_upload_id, upload.size, upload.part_size, sorted(set(part_numbers))
-        )
-        return {
-            "upload_id": upload.id,
-            "method": "multipart",
-            "part_size": upload.part_size,
-            "num_parts": num_parts,
-            "part_urls": urls,
-        }
+        return self._instructions(upload, upload.multipart_upload_id, part_numbers)
 
     # ------------------------------------------------------------------------------------------------ complete
 
@@ -219,7 +219,7 @@ class BlobService:
         futures = {}
         for upload_id, parts in items:
             upload = uploads.get(upload_id)
-            if upload is not None and upload.expires_at_ms >= now:
+            if upload is not None and upload.expires_at_ms >= now and upload_id not in futures:
                 futures[upload_id] = self._pool.submit(self._complete_one, upload, parts)
         results = []
         for upload_id, _ in items:
@@ -229,6 +229,8 @@ class BlobService:
                 continue
             try:
                 results.append(future.result())
+            except ApiError:
+                raise
             except Exception:
                 log.exception("completing upload %s failed", upload_id)
                 raise StorageFailed("the object store failed while an upload was verified; try again") from None
@@ -240,8 +242,11 @@ class BlobService:
         head = self.storage.head(upload.object_key)
         if head is None:
             return _result(upload.id, upload.sha1, "not_uploaded", "nothing was uploaded with this upload's URL yet")
-        checked_by_store = self.storage.enforces_sha1 and self.settings.verify_uploads == "auto"
-        if checked_by_store and head.checksum_sha1 in (None, sha1_base64(upload.sha1)) and head.size == upload.size:
+        if (
+            self.store_checks_sha1
+            and head.checksum_sha1 in (None, sha1_base64(upload.sha1))
+            and head.size == upload.size
+        ):
             return self._record(upload, object_key=None)
         actual_sha1, actual_size = self.storage.sha1_of(upload.object_key)
         if (actual_sha1, actual_size) != (upload.sha1, upload.size):
@@ -300,15 +305,25 @@ class BlobService:
                         add_usage(session, upload.project_id, bytes_in=upload.size)
         except IntegrityError:
             outcome = "duplicate"  # another upload of the same blob was recorded at the same moment
+        if outcome == "duplicate":
+            # Another upload of the blob was recorded first, unless it was this very upload, completed by a
+            # retry of the same request: then its object is the recorded one and must stay.
+            if object_key is not None and self._recorded_key(upload) != object_key:
+                self._quietly(self.storage.delete, object_key)
+            outcome = "stored"
         if outcome == "stored":
             return _result(upload.id, upload.sha1, "stored", "")
-        if object_key is not None:  # our own multipart object: the recorded blob (if any) lives elsewhere
+        if object_key is not None:
             self._quietly(self.storage.delete, object_key)
-        if outcome == "duplicate":
-            return _result(upload.id, upload.sha1, "stored", "")
-        if object_key is None:
+        else:
             self._discard_canonical(upload)
         return _result(upload.id, upload.sha1, "quota_exceeded", f"project {upload.project_id} is over its quota")
+
+    def _recorded_key(self, upload: Upload) -> str | None:
+        """The object key of the recorded blob ``upload`` is for (None: the canonical key, or no blob)."""
+        with self.db.transaction() as session:
+            blob = session.get(Blob, (upload.project_id, upload.sha1))
+            return blob.object_key if blob is not None else None
 
     def _discard_canonical(self, upload: Upload) -> None:
         """Delete the canonical object a PUT upload wrote, unless a recorded blob or another upload uses it."""
@@ -376,29 +391,21 @@ class BlobService:
 
     def sweep_expired_uploads(self, limit: int = 500) -> int:
         """Abort uploads past their expiry: drop their parts and unrecorded objects. Returns how many."""
-        if not self._sweep_lock.acquire(blocking=False):
-            return 0  # another thread is sweeping
-        try:
-            with self.db.transaction() as session:
-                expired = list(
-                    session.scalars(
-                        select(Upload)
-                        .where(Upload.expires_at_ms < now_ms())
-                        .order_by(Upload.expires_at_ms)
-                        .limit(limit)
-                    )
+        with self.db.transaction() as session:
+            expired = list(
+                session.scalars(
+                    select(Upload).where(Upload.expires_at_ms < now_ms()).order_by(Upload.expires_at_ms).limit(limit)
                 )
-            for upload in expired:
-                if upload.multipart_upload_id:
-                    self._quietly(self.storage.abort_multipart, upload.object_key, upload.multipart_upload_id)
-                    self._drop_upload(upload.id)
-                elif upload.method == "put":
-                    self._discard_canonical(upload)
-                else:
-                    self._drop_upload(upload.id)
-            return len(expired)
-        finally:
-            self._sweep_lock.release()
+            )
+        for upload in expired:
+            if upload.multipart_upload_id:
+                self._quietly(self.storage.abort_multipart, upload.object_key, upload.multipart_upload_id)
+                self._drop_upload(upload.id)
+            elif upload.method == "put":
+                self._discard_canonical(upload)
+            else:
+                self._drop_upload(upload.id)
+        return len(expired)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -420,7 +427,7 @@ class BlobService:
         return set(session.scalars(select(Blob.sha1).where(Blob.project_id == project_id, Blob.sha1.in_(sha1s))))
 
     def _used_bytes(self, session: Session, project_id: str) -> int:
-        return int(session.scalar(select(func.coalesce(func.sum(Blob.size), 0)).where(Blob.project_id == project_id)))
+        return stored_totals(session, project_id)[1]
 
     def _check_quota(self, session: Session, project: Project, new_bytes: int, new_count: int) -> None:
         quota = project.storage_quota_bytes
@@ -447,6 +454,14 @@ class BlobService:
             log.warning("clean-up %s%s failed: %s", getattr(action, "__name__", action), args[:1], e)
 
 
+def stored_totals(session: Session, project_id: str) -> tuple[int, int]:
+    """How many blobs the project records, and their bytes."""
+    count, size = session.execute(
+        select(func.count(), func.coalesce(func.sum(Blob.size), 0)).where(Blob.project_id == project_id)
+    ).one()
+    return int(count), int(size)
+
+
 def _unique_blobs(blobs: list[BlobRef]) -> dict[str, BlobRef]:
     if len(blobs) > MAX_BATCH:
         raise InvalidRequest(f"at most {MAX_BATCH} blobs per request")
@@ -462,7 +477,7 @@ def _unique_blobs(blobs: list[BlobRef]) -> dict[str, BlobRef]:
 
 
 def _check_sha1(sha1: str) -> str:
-    if not SHA1_RE.match(sha1):
+    if not is_sha1_hex(sha1):
         raise InvalidRequest(f"invalid SHA-1 {sha1[:60]!r}: expected 40 lowercase hex digits")
     return sha1
 
@@ -473,10 +488,6 @@ def _num_parts(size: int, part_size: int) -> int:
 
 def _part_length(size: int, part_size: int, part_number: int) -> int:
     return max(0, min(part_size, size - (part_number - 1) * part_size))
-
-
-def _upload_id(plan: _Plan | Upload) -> str:
-    return plan.upload_id if isinstance(plan, _Plan) else plan.id
 
 
 def _result(upload_id: str, sha1: str | None, status: str, message: str) -> dict[str, Any]:

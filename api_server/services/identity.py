@@ -126,6 +126,7 @@ def link_client(session: Session, user: User, client_id: str, label: str) -> Cli
                 f"client {client_id} is already registered to another user; remove it first",
                 error_code="client_registered_elsewhere",
             )
+        label = clean_label(label)
         if label:
             client.label = label
         return client

@@ -109,11 +109,13 @@ def role_of(session: Session, project_id: str, user_id: int | None) -> str | Non
     return membership.role if membership is not None else None
 
 
-def require_role(session: Session, project_id: str, user: User | None, needed: str) -> Project:
+def require_role(
+    session: Session, project_id: str, user: User | None, needed: str, *, members_only: bool = False
+) -> Project:
     """The project, if ``user`` (None = anonymous) may act with role ``needed``; ``read`` on a public project
-    is open to everyone."""
+    is open to everyone, unless ``members_only``."""
     project = get_project(session, project_id)
-    if needed == "read" and project.public_read:
+    if needed == "read" and project.public_read and not members_only:
         return project
     role = role_of(session, project_id, user.id if user is not None else None)
     if role is None:

@@ -9,6 +9,7 @@ import os
 import secrets
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,25 @@ def test_a_multipart_upload_fetches_part_urls_in_batches(cloud_client: RunningSe
     sent = upload_files(api, [plan], {sha1: data_file}, lambda n: None)
     assert [n for n, _etag in sent[0][1]] == [1, 2, 3, 4]
     assert [r.status for r in blobs_api.complete(api, sent)] == ["stored"]
+    found, _ = blobs_api.find(api, [sha1], None)
+    assert requests.get(found[sha1].url, timeout=30).content == data
+
+
+def test_completing_one_upload_twice_at_once_keeps_the_blob(cloud_client: RunningServer) -> None:
+    data = os.urandom(12 * MIB)
+    sha1 = hashlib.sha1(data).hexdigest()
+    api = api_client()
+    _project, [plan] = blobs_api.need(api, None, [(sha1, len(data))])
+    parts = []
+    for n in range(1, plan.num_parts + 1):
+        start, length = plan.part_range(n)
+        response = requests.put(plan.part_urls[n], data=data[start : start + length], timeout=30)
+        parts.append((n, response.headers["ETag"]))
+    # A retry racing the first attempt (and the same id twice in one batch) must not delete the stored object.
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: blobs_api.complete(api, [(plan, parts), (plan, parts)]), range(2)))
+    statuses = [result.status for answer in answers for result in answer]
+    assert "stored" in statuses and set(statuses) <= {"stored", "not_found"}
     found, _ = blobs_api.find(api, [sha1], None)
     assert requests.get(found[sha1].url, timeout=30).content == data
 
