@@ -8,7 +8,7 @@ into the store only if it has the expected SHA-1.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,6 @@ from .errors import IntegrityError, NotFoundError, ServerUnreachableError
 from .local import LocalDirectory
 
 if TYPE_CHECKING:  # requests loads on the first download, not with `import kachery_cloud`
-    from .api.client import ApiClient
     from .transfer.download import UrlSource
 
 MAX_PARALLEL_DOWNLOADS = 8
@@ -30,45 +29,31 @@ MAX_PARALLEL_DOWNLOADS = 8
 
 def fetch_blob(config: ClientConfig, local: LocalDirectory, sha1: str, *, quiet: bool | None = None) -> Path:
     """The blob's path in the local store, downloaded first if needed. Raises :class:`NotFoundError`."""
-    with local.blobs.lock(sha1):
-        path = local.blobs.find(sha1)
-        if path is not None:  # another process fetched it while we waited for the lock
-            return path
-        api = api_client(config)
-        with _explain_unreachable(config, [sha1]):
-            found, registered = blobs_api.find(api, [sha1], config.project)
-        if sha1 not in found:
-            raise NotFoundError(not_found_message(config, sha1, registered))
-        blob = found[sha1]
+
+    def download() -> Path:  # the server is asked only once the lock is ours and the blob still missing
+        blob = remote_blob(config, sha1)
         with progress_bar(blob.size, f"loading {sha1[:12]}", quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
-            return _download(api, config, local, blob, bar)
+            return _download(config, local, blob, bar)
+
+    return _under_lock(local, sha1, download)
 
 
 def fetch_blobs(
-    config: ClientConfig, local: LocalDirectory, sha1s: list[str], *, quiet: bool | None = None
+    config: ClientConfig, local: LocalDirectory, missing: list[str], *, quiet: bool | None = None
 ) -> dict[str, Path]:
-    """Paths of those of ``sha1s`` available locally or in a readable project, downloading in parallel."""
+    """Paths of those of ``missing`` (not in the local store) found in a readable project, downloaded in
+    parallel. Each download looks in the store again under the blob's lock, as another process may have
+    fetched it meanwhile."""
+    missing = list(dict.fromkeys(missing))
     paths: dict[str, Path] = {}
-    missing: list[str] = []
-    for sha1 in dict.fromkeys(sha1s):
-        path = local.blobs.find(sha1)
-        if path is not None:
-            paths[sha1] = path
-        else:
-            missing.append(sha1)
-    if not missing:
-        return paths
-    api = api_client(config)
     with _explain_unreachable(config, missing):
-        found, _registered = blobs_api.find(api, missing, config.project)
+        found, _registered = blobs_api.find(api_client(config), missing, config.project)
     blobs = [found[sha1] for sha1 in missing if sha1 in found]
     total = sum(blob.size for blob in blobs)
     with progress_bar(total, f"loading {len(blobs)} files", quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
 
         def fetch(blob: FoundBlob) -> tuple[str, Path]:
-            with local.blobs.lock(blob.sha1):
-                path = local.blobs.find(blob.sha1)
-                return blob.sha1, path if path is not None else _download(api, config, local, blob, bar)
+            return blob.sha1, _under_lock(local, blob.sha1, lambda: _download(config, local, blob, bar))
 
         if len(blobs) == 1:
             paths.update([fetch(blobs[0])])
@@ -78,10 +63,11 @@ def fetch_blobs(
     return paths
 
 
-def remote_blob(config: ClientConfig, sha1: str) -> FoundBlob:
-    """Where the server has ``sha1`` (size, project, URL). Raises :class:`NotFoundError`."""
+def remote_blob(config: ClientConfig, sha1: str, project_id: str | None = None) -> FoundBlob:
+    """Where the server has ``sha1`` (size, project, URL), preferring ``project_id`` (default: the configured
+    project). Raises :class:`NotFoundError`."""
     with _explain_unreachable(config, [sha1]):
-        found, registered = blobs_api.find(api_client(config), [sha1], config.project)
+        found, registered = blobs_api.find(api_client(config), [sha1], project_id or config.project)
     if sha1 not in found:
         raise NotFoundError(not_found_message(config, sha1, registered))
     return found[sha1]
@@ -92,8 +78,7 @@ def remote_range(config: ClientConfig, blob: FoundBlob, start: int, end: int) ->
     a part of a blob cannot be checked against the blob's hash)."""
     from .transfer.download import fetch_range
 
-    api = api_client(config)
-    return fetch_range(_url_source(api, config, blob), start, end, f"reading {blob.sha1}")
+    return fetch_range(_url_source(config, blob), start, end, f"reading {blob.sha1}")
 
 
 def not_found_message(config: ClientConfig, sha1: str, registered: bool) -> str:
@@ -121,10 +106,17 @@ def _explain_unreachable(config: ClientConfig, sha1s: list[str]) -> Iterator[Non
         ) from None
 
 
-def _download(api: ApiClient, config: ClientConfig, local: LocalDirectory, blob: FoundBlob, bar: ProgressBar) -> Path:
+def _under_lock(local: LocalDirectory, sha1: str, download: Callable[[], Path]) -> Path:
+    """The blob's path: found in the store once its lock is ours (another process may have fetched it while
+    we waited), else what ``download`` returns."""
+    with local.blobs.lock(sha1):
+        return local.blobs.find(sha1) or download()
+
+
+def _download(config: ClientConfig, local: LocalDirectory, blob: FoundBlob, bar: ProgressBar) -> Path:
     from .transfer.download import stream_blob
 
-    url = _url_source(api, config, blob)
+    url = _url_source(config, blob)
     what = f"loading {blob.sha1}"
     try:
         return local.blobs.put(
@@ -136,15 +128,12 @@ def _download(api: ApiClient, config: ClientConfig, local: LocalDirectory, blob:
         ) from None
 
 
-def _url_source(api: ApiClient, config: ClientConfig, blob: FoundBlob) -> UrlSource:
+def _url_source(config: ClientConfig, blob: FoundBlob) -> UrlSource:
     current = [blob.url]
 
     def url(refresh: bool) -> str:
         if refresh:  # the URL expired (or was refused): ask for a fresh one, preferring the same project
-            found, registered = blobs_api.find(api, [blob.sha1], blob.project_id)
-            if blob.sha1 not in found:
-                raise NotFoundError(not_found_message(config, blob.sha1, registered))
-            current[0] = found[blob.sha1].url
+            current[0] = remote_blob(config, blob.sha1, blob.project_id).url
         return current[0]
 
     return url

@@ -74,19 +74,10 @@ def load_file(
     With ``dest``, the content is copied there (atomically) and ``dest`` is returned. A download over a few
     MiB shows a progress bar unless ``quiet`` (or ``KACHERY_CLOUD_QUIET=1``).
     """
-    sha1 = parse_uri(uri).sha1
-    config = load_config()
-    local = local_directory(config)
-    found = _find_local(local, sha1)
-    if found is not None:
-        path = found[0]
-    elif local_only:
+    try:
+        path = _require_path(uri, local_only, quiet=quiet)
+    except NotFoundError:
         return None
-    else:
-        try:
-            path = fetch_blob(config, local, sha1, quiet=quiet)
-        except NotFoundError:
-            return None
     if dest is not None:
         return _copy_to(path, Path(dest))
     return str(path)
@@ -236,7 +227,8 @@ def _find_local(local: LocalDirectory, sha1: str) -> tuple[Path, bool] | None:
     return (linked, True) if linked is not None else None
 
 
-def _require_path(uri: str, local_only: bool) -> Path:
+def _require_path(uri: str, local_only: bool, *, quiet: bool | None = None) -> Path:
+    """The local path of the content, downloaded first if needed and allowed. Raises :class:`NotFoundError`."""
     sha1 = parse_uri(uri).sha1
     config = load_config()
     local = local_directory(config)
@@ -245,7 +237,7 @@ def _require_path(uri: str, local_only: bool) -> Path:
         return found[0]
     if local_only:
         raise NotFoundError(f"{uri} is not in the local store ({config.dir})")
-    return fetch_blob(config, local, sha1)
+    return fetch_blob(config, local, sha1, quiet=quiet)
 
 
 def _copy_to(source: Path, dest: Path) -> str:

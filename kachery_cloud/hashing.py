@@ -46,13 +46,11 @@ class HashingWriter:
         self._target = target
         self._digest = hashlib.sha1()
         self._on_progress = on_progress
-        self.bytes_written = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self._digest.update(data)
         self._target.write(data)
         n = memoryview(data).nbytes
-        self.bytes_written += n
         if self._on_progress is not None:
             self._on_progress(n)
         return n

@@ -19,7 +19,6 @@ from .api import blobs as blobs_api
 from .config import ClientConfig, load_config
 from .errors import EphemeralModeError, IntegrityError, InvalidArgumentError, QuotaExceededError, ServerError
 from .files import StrPath, hash_with_memo, regular_file, store_file_local
-from .local.hash_memo import FileFingerprint
 from .uri import format_uri, parse_uri
 
 _ROUNDS = 3  # plan-upload-complete rounds before giving up on blobs the server did not record
@@ -61,7 +60,7 @@ def store_files(
             sha1 = parse_uri(store_file_local(path)).sha1
             source = local.blobs.path(sha1)
         else:
-            sha1 = local.hash_memo.get(FileFingerprint.of(st)) or hash_with_memo(local, path, st)
+            sha1 = hash_with_memo(local, path, st)  # reads nothing when the memo knows this file version
             source = path
         sources.setdefault(sha1, (source, st.st_size))
         sha1s.append(sha1)

@@ -15,13 +15,13 @@ replay.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping
 from typing import Any
 
 import requests
 import tenacity
 
+from .._http import backoff_seconds, new_session
 from ..errors import (
     AuthenticationError,
     NotRegisteredError,
@@ -71,13 +71,12 @@ class ApiClient:
         base_url: str,
         identity: ClientIdentity | None,
         *,
-        session: requests.Session | None = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.identity = identity
-        self.session = session if session is not None else _new_session()
+        self.session = new_session(pool_maxsize=16)
         self.timeout = timeout
         self.max_attempts = max_attempts
 
@@ -190,21 +189,8 @@ class ApiClient:
         return cls(message, error_code=code, status=response.status_code)
 
 
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    # Retries happen above (each attempt needs a fresh signature), not inside urllib3.
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    from .. import __version__
-
-    session.headers["User-Agent"] = f"kachery-cloud/{__version__}"
-    return session
-
-
 def _wait_backoff_or_retry_after(retry_state: tenacity.RetryCallState) -> float:
-    backoff = min(_MAX_BACKOFF_SEC, 0.25 * 2 ** (retry_state.attempt_number - 1))
-    wait = random.uniform(backoff / 2, backoff)  # jitter, so many clients do not retry in lockstep
+    wait = backoff_seconds(retry_state.attempt_number - 1, _MAX_BACKOFF_SEC)
     outcome = retry_state.outcome
     failure = outcome.exception() if outcome is not None else None
     if isinstance(failure, _RetryableFailure) and failure.retry_after is not None:

@@ -13,7 +13,16 @@ from typing import BinaryIO
 import requests
 
 from ..errors import IntegrityError, NotFoundError
-from .store_http import MAX_ATTEMPTS, TIMEOUT, StoreRequestError, connection_error, error_from, pause, session
+from .store_http import (
+    MAX_ATTEMPTS,
+    TIMEOUT,
+    StoreRequestError,
+    connection_error,
+    error_from,
+    pause,
+    send_with_retries,
+    session,
+)
 
 CHUNK_BYTES = 1 << 20
 
@@ -65,30 +74,15 @@ def fetch_range(url: UrlSource, start: int, end: int, what: str) -> bytes:
     """Bytes ``start`` (inclusive) to ``end`` (exclusive) of an object; only that range is transferred."""
     if end <= start:
         return b""
-    error: StoreRequestError | None = None
-    for attempt in range(MAX_ATTEMPTS):
-        try:
-            response = session().get(
-                url(error is not None and error.needs_new_url),
-                headers={"Range": f"bytes={start}-{end - 1}"},
-                timeout=TIMEOUT,
-            )
-        except requests.RequestException as e:
-            error = connection_error(e, what)
-        else:
-            if response.status_code == 206 and len(response.content) == end - start:
-                return response.content
-            if response.status_code == 200:  # a store that ignores Range: cut the slice out of the whole
-                return response.content[start:end]
-            if response.status_code == 206:  # cut short: try again
-                error = StoreRequestError(f"{what}: the store sent {len(response.content)} of {end - start} bytes")
-            else:
-                error = error_from(response, what)
-            if error.status == 404:
-                raise NotFoundError(f"{what}: the object store no longer has this blob ({error})")
-            if not (error.transient or error.needs_new_url):
-                raise error
-        if not (error.needs_new_url and attempt == 0):
-            pause(attempt)
-    assert error is not None
-    raise error
+    headers = {"Range": f"bytes={start}-{end - 1}"}
+
+    def whole_range(response: requests.Response) -> bool:  # 200: a store that ignores Range sends it all
+        return response.status_code == 200 or (response.status_code == 206 and len(response.content) == end - start)
+
+    try:
+        response = send_with_retries("GET", lambda refresh: (url(refresh), headers), what, whole_range)
+    except StoreRequestError as error:
+        if error.status == 404:
+            raise NotFoundError(f"{what}: the object store no longer has this blob ({error})") from None
+        raise
+    return response.content if response.status_code == 206 else response.content[start:end]

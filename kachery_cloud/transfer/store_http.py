@@ -9,13 +9,15 @@ A failed request is one of:
 
 from __future__ import annotations
 
-import random
 import re
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import requests
 
+from .._http import backoff_seconds, new_session
 from ..errors import KacheryCloudError
 
 TIMEOUT = (10.0, 120.0)  # (connect, read) seconds
@@ -48,11 +50,40 @@ def session() -> requests.Session:
     global _session
     with _session_lock:
         if _session is None:
-            _session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0)
-            _session.mount("http://", adapter)
-            _session.mount("https://", adapter)
+            _session = new_session(pool_maxsize=32)
         return _session
+
+
+def send_with_retries(
+    method: str,
+    target: Callable[[bool], tuple[str, dict[str, str]]],
+    what: str,
+    accept: Callable[[requests.Response], bool],
+    **kwargs: Any,
+) -> requests.Response:
+    """Send one request until the store answers something ``accept`` takes: transient failures are retried
+    after a pause, a refused URL is replaced (``target(True)`` gives a fresh one), anything else raises
+    :class:`StoreRequestError`. ``target(refresh)`` gives the URL and the headers to send."""
+    error: StoreRequestError | None = None
+    for attempt in range(MAX_ATTEMPTS):
+        url, headers = target(error is not None and error.needs_new_url)
+        try:
+            response = session().request(method, url, headers=headers, timeout=TIMEOUT, **kwargs)
+        except requests.RequestException as e:
+            error = connection_error(e, what)
+        else:
+            if accept(response):
+                return response
+            if response.status_code < 400:  # an answer we cannot use (a range cut short): try again
+                error = StoreRequestError(f"{what}: unexpected answer HTTP {response.status_code}")
+            else:
+                error = error_from(response, what)
+        if not (error.transient or error.needs_new_url):
+            raise error
+        if attempt + 1 < MAX_ATTEMPTS and not (error.needs_new_url and attempt == 0):  # a fresh URL needs no wait
+            pause(attempt)
+    assert error is not None
+    raise error
 
 
 def error_from(response: requests.Response, what: str) -> StoreRequestError:
@@ -72,13 +103,7 @@ def connection_error(e: Exception, what: str) -> StoreRequestError:
 
 def pause(attempt: int) -> None:
     """Back off before attempt ``attempt + 1`` (exponential, with jitter so clients do not retry in step)."""
-    backoff = min(_MAX_BACKOFF_SEC, 0.25 * 2**attempt)
-    time.sleep(random.uniform(backoff / 2, backoff))
-
-
-def redact(url: str) -> str:
-    """A URL without its query string (which carries the signature), for messages."""
-    return url.split("?", 1)[0]
+    time.sleep(backoff_seconds(attempt, _MAX_BACKOFF_SEC))
 
 
 def _xml_field(text: str, name: str) -> str:

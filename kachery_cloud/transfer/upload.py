@@ -15,13 +15,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-import requests
-
 from ..api import blobs as blobs_api
 from ..api.blobs import UploadPlan
 from ..api.client import ApiClient
 from ..errors import IntegrityError
-from .store_http import MAX_ATTEMPTS, TIMEOUT, StoreRequestError, connection_error, error_from, pause, session
+from .store_http import StoreRequestError, send_with_retries
 
 MAX_WORKERS = 8
 MEMORY_BUDGET_BYTES = 128 << 20
@@ -96,30 +94,22 @@ class _Sender:
 
     def _put(self, plan: UploadPlan, part_number: int, data: bytes, source: Path) -> str:
         what = f"uploading {source.name}" + (f" (part {part_number} of {plan.num_parts})" if part_number else "")
-        error: StoreRequestError | None = None
-        for attempt in range(MAX_ATTEMPTS):
-            url, headers = self._url(plan, part_number, refresh=error is not None and error.needs_new_url)
-            try:
-                response = session().put(url, data=data, headers=headers, timeout=TIMEOUT)
-            except requests.RequestException as e:
-                error = connection_error(e, what)
-            else:
-                if response.status_code == 200:
-                    return response.headers.get("ETag", "")
-                error = error_from(response, what)
+
+        def target(refresh: bool) -> tuple[str, dict[str, str]]:
+            return self._url(plan, part_number, refresh=refresh)
+
+        try:
+            response = send_with_retries("PUT", target, what, lambda r: r.status_code == 200, data=data)
+        except StoreRequestError as error:
             if error.code in ("BadDigest", "InvalidDigest"):
                 raise IntegrityError(
                     f"the object store refused the bytes of {source} as not having SHA-1 {plan.sha1}: the file "
                     "changed after it was hashed; store it again once it no longer changes"
-                )
+                ) from None
             if error.code == "NoSuchUpload":
-                raise UploadExpiredError(str(error), status=error.status, code=error.code)
-            if not (error.transient or error.needs_new_url):
-                raise error
-            if attempt + 1 < MAX_ATTEMPTS and not (error.needs_new_url and attempt == 0):
-                pause(attempt)
-        assert error is not None
-        raise error
+                raise UploadExpiredError(str(error), status=error.status, code=error.code) from None
+            raise
+        return response.headers.get("ETag", "")
 
     def _url(self, plan: UploadPlan, part_number: int, *, refresh: bool) -> tuple[str, dict[str, str]]:
         """The URL (and headers) to send with, fetching or renewing it from the API server when needed."""
