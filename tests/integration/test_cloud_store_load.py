@@ -83,10 +83,10 @@ def test_every_store_function_round_trips_to_a_fresh_client(
         "pkl": kcl.store_pkl({"array": array, "name": "x"}),
     }
     many_uris = kcl.store_files(many, labels=[p.name for p in many])
-    # Same URIs as the local variants, in a directory that never saw the content.
-    assert uris["text"] == kcl.store_text_local("some text", label="t.txt")
-    assert uris["json"] == kcl.store_json_local({"a": None, "b": [1, 2.5]})
-    assert many_uris[3] == kcl.store_text_local("file number 3", label="many3.txt")
+    # The URIs name the content's SHA-1, exactly as the local variants do.
+    assert uris["text"] == f"sha1://{hashlib.sha1(b'some text').hexdigest()}?label=t.txt"
+    assert uris["json"] == "sha1://" + hashlib.sha1(b'{"a":null,"b":[1,2.5]}').hexdigest()
+    assert many_uris[3] == f"sha1://{hashlib.sha1(b'file number 3').hexdigest()}?label=many3.txt"
     assert uris["big"].endswith("?label=big.bin")
 
     switch_client(monkeypatch, tmp_path / "second-machine")
@@ -219,7 +219,7 @@ def test_tampered_and_expired_urls_are_refused_by_the_store_and_refreshed_by_the
         # A download handed the bad URL asks the server for a fresh one and completes.
         local = LocalDirectory(tmp_path / name)
         blob = FoundBlob(sha1, len(payload) * 2, "default", bad)
-        path = fetching._download(api, load_config(), local, blob, ProgressBar(blob.size, "", enabled=False))
+        path = fetching._download(load_config(), local, blob, ProgressBar(blob.size, "", enabled=False))
         assert path.read_bytes() == payload.hex().encode()
 
     # An upload whose URL was tampered with gets a fresh one from the server.
@@ -343,4 +343,4 @@ def test_cli_store_load_cat_and_info_reach_the_server(cloud_client: RunningServe
         text=True,
     )
     assert ephemeral.returncode == 1 and "ephemeral mode" in ephemeral.stderr
-    assert load_config().api_url == cloud_client.url
+    assert not (tmp_path / "eph" / "private.pem").exists()  # refused before any key was made

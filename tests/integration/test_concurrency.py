@@ -13,8 +13,9 @@ from kachery_cloud.hashing import sha1_of_file
 WORKERS = 8
 ROUNDS = 6
 
-# Each worker starts at the same instant, then stores and loads the same files (above the lock threshold,
-# so the lock path is taken), the same small texts and pickles (lock-free path), and races on a mutable.
+# Each worker starts at the same instant, then stores and loads the same files (stored in one pass, hashed on
+# the way, never locked), the same large texts (known hash, above the lock threshold: with locks, one writer
+# at a time), the same small texts and pickles (never locked), and races on a mutable.
 WORKER = r"""
 import os, sys, time
 import kachery_cloud as kcl
@@ -31,6 +32,8 @@ for i in range(ROUNDS):
     with open(path, "rb") as f:
         f.seek(12345)
         assert kcl.load_bytes(uri, 12345, 12400) == f.read(55), "range mismatch"
+    big = f"large common text {i} " * 450_000  # ~9.5 MB
+    assert kcl.load_text(kcl.store_text_local(big)) == big
     text_uri = kcl.store_text_local(f"common text {i % 3}")
     assert kcl.load_text(text_uri) == f"common text {i % 3}"
     pkl_uri = kcl.store_pkl_local({"round": i % 2, "values": list(range(1000))})
@@ -64,7 +67,7 @@ def test_eight_processes_storing_the_same_content(tmp_path: Path, kachery_dir: P
 
     stored = [p for p in (kachery_dir / "sha1").rglob("*") if p.is_file()]
     assert [p for p in stored if p.name.endswith(".part")] == []
-    assert len(stored) == ROUNDS + 3 + 2
+    assert len(stored) == ROUNDS + ROUNDS + 3 + 2
     for blob in stored:
         assert sha1_of_file(blob) == blob.name
     for i in range(ROUNDS):

@@ -25,7 +25,7 @@ import kachery_cloud as kcl
 name, home = sys.argv[1], sys.argv[2]
 src = os.path.join(home, "data.bin")
 with open(src, "wb") as f:
-    f.write((name * 1000).encode() * 2000)  # ~10-20 MB: hash memo and the blob lock are used
+    f.write((name * 1000).encode() * 2000)  # ~10-20 MB: above the hash memo's threshold
 out = {
     "file": kcl.store_file_local(src, label="data.bin"),
     "text": kcl.store_text_local(f"hello from {name}"),
@@ -110,7 +110,7 @@ def test_two_users_with_umask_077_share_one_directory(lab: tuple[list[LabUser], 
     assert seen_by_alice["file_size"] == len(bob.name) * 1000 * 2000
     assert seen_by_alice["mutables"]["last_writer"] == "kctestbob"
 
-    # A blob evicted from the cache is stored again by the other user, through the lock file the first made.
+    # A blob evicted from the cache is stored again by the other user, into the directories the first made.
     alice_blob = next(p for p in (shared / "sha1").rglob("*") if p.name == alice_uris["file"][7:47])
     alice_blob.unlink()
     bobs_copy = own_copy_of_alices_data(base, bob)

@@ -16,7 +16,7 @@ import pytest
 
 from kachery_cloud.api.blobs import UploadPlan
 from kachery_cloud.errors import IntegrityError
-from kachery_cloud.transfer import download, upload
+from kachery_cloud.transfer import download, store_http
 from kachery_cloud.transfer.download import fetch_range, stream_blob
 from kachery_cloud.transfer.upload import upload_files
 
@@ -83,7 +83,7 @@ class FlakyStore(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    for module in (download, upload):  # no waiting between attempts in tests
+    for module in (download, store_http):  # no waiting between attempts in tests
         monkeypatch.setattr(module, "pause", lambda attempt: None)
     FlakyStore.requests = []
     FlakyStore.failed_once = set()
