@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .context import ServerContext
 from .errors import ApiError
-from .routes import blobs, clients, health, projects
+from .routes import blobs, clients, feeds, health, mutables, projects
 from .web import pages
 
 log = logging.getLogger("kachery_cloud_server")
@@ -35,7 +35,15 @@ def create_app(context: ServerContext) -> FastAPI:
     )
     app.state.context = context
     app.add_middleware(_RequestGuard, allowed_hosts=_allowed_hosts(context))
-    for router in (health.router, clients.router, projects.router, blobs.router, pages.router):
+    for router in (
+        health.router,
+        clients.router,
+        projects.router,
+        blobs.router,
+        mutables.router,
+        feeds.router,
+        pages.router,
+    ):
         app.include_router(router)
 
     @app.exception_handler(ApiError)
@@ -74,10 +82,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     context: ServerContext = app.state.context
     stop = threading.Event()
     threading.Thread(target=_sweep_uploads, args=(context, stop), name="kachery-upload-sweeper", daemon=True).start()
+    context.wakeups.start()
     try:
         yield
     finally:
         stop.set()
+        context.wakeups.close()
         context.blobs.close()
 
 
@@ -92,7 +102,9 @@ def _sweep_uploads(context: ServerContext, stop: threading.Event) -> None:
         stop.wait(interval)
 
 
-MAX_BODY_BYTES = 1 << 20  # API bodies are small JSON; blob bytes never come here
+# API bodies are JSON (blob bytes never come here); the largest are feed appends (4 MiB of messages, which
+# JSON string escaping can double) and 1 MiB mutable values.
+MAX_BODY_BYTES = 16 << 20
 
 
 class _RequestGuard:

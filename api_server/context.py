@@ -1,4 +1,4 @@
-"""What a running server shares between requests: settings, database, storage, verifiers, the blob service.
+"""What a running server shares between requests: settings, database, storage, verifiers, the services.
 Built once at start; the admin CLI works on the database alone and needs none of it."""
 
 from __future__ import annotations
@@ -9,8 +9,11 @@ from .auth import RequestAuthenticator
 from .db.session import Database
 from .google_tokens import GoogleTokenVerifier
 from .services.blobs import BlobService
+from .services.feeds import FeedService
+from .services.mutables import MutableService
 from .settings import Settings
 from .storage import Storage
+from .wakeups import Wakeups
 
 
 @dataclass
@@ -21,10 +24,14 @@ class ServerContext:
     authenticator: RequestAuthenticator
     google: GoogleTokenVerifier | None
     blobs: BlobService
+    mutables: MutableService
+    feeds: FeedService
+    wakeups: Wakeups
 
     @classmethod
     def build(cls, settings: Settings, storage: Storage) -> ServerContext:
         db = Database(settings.resolved_database_url)
+        wakeups = Wakeups(db)
         google = (
             GoogleTokenVerifier(settings.google_client_id, settings.google_certs_url)
             if settings.google_client_id
@@ -37,6 +44,9 @@ class ServerContext:
             authenticator=RequestAuthenticator(db, settings.signature_window_sec),
             google=google,
             blobs=BlobService(db, storage, settings),
+            mutables=MutableService(db),
+            feeds=FeedService(db, wakeups),
+            wakeups=wakeups,
         )
 
     @property

@@ -23,8 +23,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .context import ServerContext
 
 PID_FILE = "server.json"
 LOCK_FILE = "server.lock"
@@ -55,6 +59,24 @@ def run_foreground(settings: Settings, *, announce: bool = True) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which on shutdown first answers the long-polls still waiting (they would otherwise
+        hold the shutdown up for the rest of their wait; their clients simply ask again)."""
+
+        def __init__(self, config: uvicorn.Config, context: ServerContext) -> None:
+            super().__init__(config)
+            self.context = context
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            self.context.wakeups.close()
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _run_foreground(settings: Settings, *, announce: bool) -> None:
@@ -112,7 +134,7 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
         try:
             # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the handler that
             # was in place before (ours, raising _Terminated; Python's, raising KeyboardInterrupt).
-            uvicorn.Server(config).run(sockets=[sock])
+            _server_class()(config, context).run(sockets=[sock])
         except KeyboardInterrupt:
             pass
         finally:

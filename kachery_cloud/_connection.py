@@ -7,6 +7,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from .config import ClientConfig, load_config
+from .errors import EphemeralModeError
 from .identity import load_identity
 
 if TYPE_CHECKING:  # requests and tenacity load on the first call, not with `import kachery_cloud`
@@ -35,3 +36,14 @@ def forget_clients() -> None:
     """Drop cached clients (after the key files changed, and between tests)."""
     with _lock:
         _clients.clear()
+
+
+def require_writable(config: ClientConfig, what: str) -> None:
+    """Refuse a write (store, set, append, ...) in ephemeral mode, saying why and what to do instead."""
+    if config.ephemeral:
+        raise EphemeralModeError(
+            f"{what} is not allowed in ephemeral mode (KACHERY_CLOUD_EPHEMERAL is set): an ephemeral client has no "
+            "identity and can only read public projects (load content, get mutables, read feeds). To write, unset "
+            "KACHERY_CLOUD_EPHEMERAL and register with kachery-cloud-init; to keep content on this machine only, "
+            "use the *_local functions"
+        )

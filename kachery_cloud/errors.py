@@ -18,6 +18,7 @@
         ├── NotRegisteredError       this client is not registered with the server: run kachery-cloud-init
         ├── PermissionDeniedError    (PermissionError) not a member of the project, or the role is too low
         ├── QuotaExceededError       storing would take the project over its storage quota
+        ├── VersionConflictError     a compare-and-swap found the mutable changed since it was read
         └── RateLimitedError         too many requests, still refused after waiting as the server asked
 
 Each class also derives from the builtin a generic ``except`` clause would use, so callers who catch
@@ -105,6 +106,11 @@ class PermissionDeniedError(ServerError, PermissionError):
 
 class QuotaExceededError(ServerError):
     """Storing the content would take the project over its storage quota."""
+
+
+class VersionConflictError(ServerError):
+    """``set_mutable``/``delete_mutable`` with ``expected_version``: someone changed the mutable since it was read.
+    Read it again (``get_mutable_info``), decide, and retry with the new version."""
 
 
 class RateLimitedError(ServerError):

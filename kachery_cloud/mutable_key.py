@@ -1,17 +1,38 @@
-"""Layer 2: the grammar of mutable keys, shared by local and (later) cloud mutables.
+"""Layer 2: the grammar of mutable keys and the limits on values, shared by local and cloud mutables (and by the
+API server, which checks the same rules).
 
 A key is ``/``-separated segments: every segment but the last names a folder and starts with ``@``, the
 last names the value and does not. ``@lab/@exp1/latest`` is a key, ``@lab/@exp1`` a folder key. Because
 folders and values can never share a name, a value and a folder never collide on disk or in a database.
 Segments may not be empty, ``.`` or ``..``, start with ``.`` (reserved for temporary files), contain NUL
-or control characters, or exceed 255 bytes of UTF-8.
+or control characters, or exceed 255 bytes of UTF-8; a whole key may not exceed 1024 bytes. Values are strings
+of at most 1 MiB of UTF-8.
 """
 
 from __future__ import annotations
 
-from .errors import InvalidMutableKeyError
+from .errors import InvalidArgumentError, InvalidMutableKeyError
 
 _MAX_SEGMENT_BYTES = 255
+MAX_KEY_BYTES = 1024
+MAX_VALUE_BYTES = 1 << 20
+
+
+def encode_mutable_value(value: str) -> bytes:
+    """The UTF-8 bytes of a mutable value; raises :class:`InvalidArgumentError` for a non-str, a str that is not
+    valid Unicode (lone surrogates) or one over :data:`MAX_VALUE_BYTES`."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"a mutable value must be a str, not {type(value).__name__}")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(f"a mutable value must be valid Unicode: {e.reason} at position {e.start}") from None
+    if len(data) > MAX_VALUE_BYTES:
+        raise InvalidArgumentError(
+            f"a mutable value may be at most {MAX_VALUE_BYTES} bytes of UTF-8 (1 MiB); this one is {len(data)}. "
+            "Store large content with store_text/store_json and set the mutable to its URI"
+        )
+    return data
 
 
 def validate_mutable_key(key: str) -> list[str]:
@@ -48,6 +69,8 @@ def _segments(key: str, *, what: str) -> list[str]:
         raise InvalidMutableKeyError(f"a {what} must be a str, not {type(key).__name__}")
     if not key:
         raise InvalidMutableKeyError(f"a {what} must not be empty")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidMutableKeyError(f"a {what} may be at most {MAX_KEY_BYTES} bytes of UTF-8: {key[:40]!r}...")
     segments = key.split("/")
     for segment in segments:
         problem = _segment_problem(segment)
@@ -67,6 +90,8 @@ def _segment_problem(segment: str) -> str | None:
         return "a folder segment needs a name after '@'"
     if any(ord(c) < 32 or ord(c) == 127 for c in segment):
         return f"segment {segment!r} contains a control character"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in segment):
+        return f"segment {segment!r} is not valid Unicode (lone surrogate)"
     if len(segment.encode("utf-8")) > _MAX_SEGMENT_BYTES:
         return f"segment {segment[:20]!r}... is longer than {_MAX_SEGMENT_BYTES} bytes"
     return None

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ._connection import require_writable
 from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from .config import ClientConfig, load_config
@@ -18,7 +19,7 @@ from .errors import SerializationError
 from .files import load_file
 from .hashing import sha1_of_bytes
 from .serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
-from .storing import require_writable, upload_cached_blob
+from .storing import upload_cached_blob
 from .uri import format_uri, parse_uri
 
 

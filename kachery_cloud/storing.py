@@ -11,13 +11,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._connection import api_client
+from ._connection import api_client, require_writable
 from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from ._progress import TRANSFER_PROGRESS_MIN_BYTES, progress_bar
 from .api import blobs as blobs_api
 from .config import ClientConfig, load_config
-from .errors import EphemeralModeError, IntegrityError, InvalidArgumentError, QuotaExceededError, ServerError
+from .errors import IntegrityError, InvalidArgumentError, QuotaExceededError, ServerError
 from .files import StrPath, hash_with_memo, regular_file, store_file_local
 from .uri import format_uri, parse_uri
 
@@ -114,12 +114,3 @@ def upload_cached_blob(config: ClientConfig, sha1: str) -> None:
     """Make sure the current project has the blob ``sha1`` of the local store."""
     path = local_directory(config).blobs.path(sha1)
     upload_blobs(config, {sha1: (path, path.stat().st_size)})
-
-
-def require_writable(config: ClientConfig, what: str) -> None:
-    if config.ephemeral:
-        raise EphemeralModeError(
-            f"{what} is not allowed in ephemeral mode (KACHERY_CLOUD_EPHEMERAL is set): an ephemeral client has "
-            "no identity and can only load content from public projects. To store, unset KACHERY_CLOUD_EPHEMERAL "
-            "and register with kachery-cloud-init; to keep content on this machine only, use the *_local functions"
-        )

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints, so migrations can refer to them on every backend.
@@ -154,3 +165,50 @@ class UsageCounter(Base):
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+# --- mutables and feeds (migration 0004) ---
+
+
+class Mutable(Base):
+    """A named value of a project. A deleted mutable stays as a row with ``value`` None (a tombstone), so its
+    version keeps counting up: a compare-and-swap against an old version can never succeed by accident after
+    the key was deleted and set again."""
+
+    __tablename__ = "mutables"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)  # UTF-8; bytes, since PostgreSQL text refuses NUL
+    version: Mapped[int] = mapped_column(BigInteger)
+    updated_by_client_id: Mapped[str] = mapped_column(String(64))
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class Feed(Base):
+    """An append-only log of a project. ``num_messages`` is the next message number; appends raise it under
+    the row's lock, in the transaction that inserts the messages, so numbers have no gaps or duplicates."""
+
+    __tablename__ = "feeds"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    num_messages: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_by_client_id: Mapped[str] = mapped_column(String(64))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+
+
+class FeedMessage(Base):
+    """One message: its canonical JSON exactly as the appending client signed it."""
+
+    __tablename__ = "feed_messages"
+    __table_args__ = (Index("uq_feed_messages_append", "feed_id", "append_id", unique=True),)
+
+    feed_id: Mapped[str] = mapped_column(ForeignKey("feeds.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    client_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+    appended_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    # Set on the first message of each append only: a retried append finds it and is not applied twice.
+    append_id: Mapped[str | None] = mapped_column(String(64))

@@ -30,6 +30,7 @@ from ..errors import (
     RateLimitedError,
     ServerError,
     ServerUnreachableError,
+    VersionConflictError,
 )
 from ..identity import ClientIdentity
 
@@ -51,6 +52,7 @@ _ERROR_CLASSES: dict[str, type[ServerError]] = {
     "registration_disabled": PermissionDeniedError,
     "rate_limited": RateLimitedError,
     "quota_exceeded": QuotaExceededError,
+    "version_conflict": VersionConflictError,
 }
 
 

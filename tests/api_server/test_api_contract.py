@@ -76,12 +76,14 @@ def test_requests_for_another_host_name_are_refused(server: RunningServer) -> No
 
 
 def test_oversized_bodies_are_refused_before_reading(server: RunningServer) -> None:
-    response = requests.post(f"{server.url}/api/clients/register", data=b"x" * (2 << 20))
+    from api_server.app import MAX_BODY_BYTES
+
+    response = requests.post(f"{server.url}/api/clients/register", data=b"x" * (MAX_BODY_BYTES + 1))
     assert response.status_code == 413
     assert response.json()["error_code"] == "request_too_large"
 
     def chunks():  # no Content-Length: the limit applies while reading
-        for _ in range(40):
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
             yield b"y" * 65536
 
     response = requests.post(f"{server.url}/api/registrations/x/google", data=chunks())

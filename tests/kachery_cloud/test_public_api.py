@@ -16,8 +16,12 @@ EXPECTED = {
     "store_text", "store_json", "store_npy", "store_pkl",
     "store_text_local", "store_json_local", "store_npy_local", "store_pkl_local",
     "load_text", "load_json", "load_npy", "load_pkl",
-    # local mutables
+    # mutables
+    "set_mutable", "get_mutable", "get_mutable_info", "delete_mutable", "delete_mutable_folder", "list_mutables",
+    "MutableInfo",
     "set_mutable_local", "get_mutable_local", "delete_mutable_local", "delete_mutable_folder_local",
+    # feeds
+    "create_feed", "load_feed", "Feed", "FeedMessage",
     # configuration and identity
     "get_kachery_cloud_dir", "init", "get_client_id", "get_client_info", "get_project_id",
     # errors
@@ -25,6 +29,7 @@ EXPECTED = {
     "SerializationError", "UnsafePickleError", "LocalFileError", "NotFoundError", "IntegrityError",
     "NotConnectedError", "ServerUnreachableError", "ServerError", "AuthenticationError", "NotRegisteredError",
     "PermissionDeniedError", "RateLimitedError", "EphemeralModeError", "QuotaExceededError",
+    "VersionConflictError",
 }  # fmt: skip
 
 

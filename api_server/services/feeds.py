@@ -1,0 +1,238 @@
+"""Server layer 5: feeds, the append-only message logs of projects.
+
+- Creating and appending need the ``write`` role in the feed's project; reading needs read access (anyone,
+  on a public project). Nothing in the API modifies or deletes a message.
+- Message numbers are consecutive from 0: an append locks the feed's row, raises ``num_messages`` by the
+  number of messages and inserts them, in one transaction; the primary key (feed, number) refuses duplicates.
+  So numbering holds however many clients, processes or server replicas append at once.
+- Every message is stored as the canonical JSON its appending client signed, with that client's signature
+  (checked here, so a stored message always verifies), the client id and the time.
+- An append carries an ``append_id`` chosen by the client: a retried append (the first answer was lost) finds
+  its messages already there and is not applied twice.
+- Reading is a long-poll: with ``wait_ms``, a read that finds nothing new waits until an append wakes it
+  (:mod:`api_server.wakeups`) or the wait ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from kachery_cloud.errors import KacheryCloudError
+from kachery_cloud.feed_format import (
+    FEED_ID_RE,
+    MAX_APPEND_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGES_PER_APPEND,
+    feed_uri,
+    new_feed_id,
+    signed_bytes,
+)
+from kachery_cloud.request_signing import verify_signature
+from kachery_cloud.serialization import canonical_json_bytes
+
+from ..auth import Caller
+from ..db.models import Feed, FeedMessage, now_ms
+from ..db.session import Database
+from ..errors import InvalidRequest, NotFound
+from ..wakeups import Wakeups
+from . import projects
+from .usage import add_usage
+
+MAX_READ_MESSAGES = 1000
+MAX_READ_BYTES = 4 << 20  # a page stops after this many bytes of messages (it always holds at least one)
+
+
+def topic(feed_id: str) -> str:
+    return f"feed:{feed_id}"
+
+
+class FeedService:
+    def __init__(self, db: Database, wakeups: Wakeups) -> None:
+        self.db = db
+        self.wakeups = wakeups
+
+    def create(self, caller: Caller, project_id: str | None) -> dict[str, Any]:
+        with self.db.transaction() as session:
+            project_id = _project_id(caller, project_id)
+            projects.require_role(session, project_id, caller.user, "write")
+            add_usage(session, project_id, requests=1)
+            feed = Feed(id=new_feed_id(), project_id=project_id, num_messages=0, created_by_client_id=caller.client_id)
+            session.add(feed)
+            session.flush()
+            return _describe(feed)
+
+    def info(self, caller: Caller, feed_id: str) -> dict[str, Any]:
+        with self.db.transaction() as session:
+            feed = _readable_feed(session, caller, feed_id)
+            add_usage(session, feed.project_id, requests=1)
+            return _describe(feed)
+
+    def append(self, caller: Caller, feed_id: str, append_id: str, messages: list[tuple[str, str]]) -> dict[str, Any]:
+        """Append ``messages`` (canonical JSON, signature) in order; returns the number of the first."""
+        if not messages:
+            raise InvalidRequest("an append needs at least one message")
+        if len(messages) > MAX_MESSAGES_PER_APPEND:
+            raise InvalidRequest(
+                f"at most {MAX_MESSAGES_PER_APPEND} messages per append ({len(messages)} given)",
+                error_code="too_many_messages",
+            )
+        if sum(len(body) for body, _ in messages) > MAX_APPEND_BYTES:
+            raise InvalidRequest(f"one append may carry at most {MAX_APPEND_BYTES} bytes of messages",
+                                 error_code="append_too_large")  # fmt: skip
+        _check_feed_id(feed_id)
+        assert caller.client_id is not None  # the route requires a registered caller
+        for index, (body, signature) in enumerate(messages):
+            _check_message(feed_id, index, body, signature, caller.client_id)
+        with self.db.transaction() as session:
+            feed = _get_feed(session, feed_id)
+            projects.require_role(session, feed.project_id, caller.user, "write")
+            add_usage(session, feed.project_id, requests=1)
+            # Lock the feed's row (PostgreSQL; SQLite transactions are serial) before looking for the append id,
+            # so a retry racing its own first attempt waits for it and then finds it.
+            session.scalars(select(Feed.id).where(Feed.id == feed_id).with_for_update()).one()
+            earlier = session.scalars(
+                select(FeedMessage.number).where(FeedMessage.feed_id == feed_id, FeedMessage.append_id == append_id)
+            ).one_or_none()
+            if earlier is not None:
+                return {"feed_id": feed_id, "first_number": earlier, "count": len(messages), "repeated": True}
+            end = session.scalars(
+                update(Feed)
+                .where(Feed.id == feed_id)
+                .values(num_messages=Feed.num_messages + len(messages))
+                .returning(Feed.num_messages)
+            ).one()
+            first = end - len(messages)
+            appended_at = now_ms()
+            session.add_all(
+                FeedMessage(
+                    feed_id=feed_id,
+                    number=first + index,
+                    body=body,
+                    client_id=caller.client_id,
+                    signature=signature,
+                    appended_at_ms=appended_at,
+                    append_id=append_id if index == 0 else None,
+                )
+                for index, (body, signature) in enumerate(messages)
+            )
+            self.wakeups.publish_in(session, topic(feed_id))
+        self.wakeups.wake(topic(feed_id))
+        return {"feed_id": feed_id, "first_number": first, "count": len(messages), "repeated": False}
+
+    async def read(self, caller: Caller, feed_id: str, start: int, limit: int, wait_ms: int) -> dict[str, Any]:
+        """Messages from number ``start`` on (at most ``limit``); if there are none yet, wait up to ``wait_ms``
+        for an append."""
+        _check_feed_id(feed_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        first = True
+        with self.wakeups.subscription(topic(feed_id)) as woken:
+            while True:
+                woken.clear()
+                page = await run_in_threadpool(self._read_page, caller, feed_id, start, limit, first)
+                first = False
+                remaining = deadline - loop.time()
+                if page["messages"] or remaining <= 0 or self.wakeups.closing:
+                    return page
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), remaining)
+
+    def _read_page(self, caller: Caller, feed_id: str, start: int, limit: int, count: bool) -> dict[str, Any]:
+        limit = max(1, min(limit, MAX_READ_MESSAGES))
+        with self.db.transaction() as session:
+            feed = _readable_feed(session, caller, feed_id)
+            if count:
+                add_usage(session, feed.project_id, requests=1)
+            rows = []
+            if start < feed.num_messages:
+                rows = list(
+                    session.scalars(
+                        select(FeedMessage)
+                        .where(FeedMessage.feed_id == feed_id, FeedMessage.number >= start)
+                        .order_by(FeedMessage.number)
+                        .limit(limit)
+                    )
+                )
+        messages = []
+        size = 0
+        for row in rows:
+            size += len(row.body)
+            if messages and size > MAX_READ_BYTES:
+                break
+            messages.append(
+                {
+                    "number": row.number,
+                    "body": row.body,
+                    "client_id": row.client_id,
+                    "signature": row.signature,
+                    "appended_at_ms": row.appended_at_ms,
+                }
+            )
+        return {"feed_id": feed_id, "start": start, "num_messages": feed.num_messages, "messages": messages}
+
+
+def _project_id(caller: Caller, project_id: str | None) -> str:
+    assert caller.user is not None
+    project_id = project_id or caller.user.default_project_id
+    if not project_id:
+        raise InvalidRequest(
+            f"{caller.user.name} has no default project; name one (project_id, or KACHERY_CLOUD_PROJECT)",
+            error_code="no_project",
+        )
+    return project_id
+
+
+def _check_feed_id(feed_id: str) -> None:
+    if not FEED_ID_RE.match(feed_id):
+        raise InvalidRequest(f"invalid feed id {feed_id[:80]!r}: expected 32 lowercase hex digits")
+
+
+def _get_feed(session: Session, feed_id: str) -> Feed:
+    feed = session.get(Feed, feed_id)
+    if feed is None:
+        raise NotFound(f"feed {feed_id} does not exist", error_code="feed_not_found")
+    return feed
+
+
+def _readable_feed(session: Session, caller: Caller, feed_id: str) -> Feed:
+    feed = _get_feed(session, feed_id)
+    projects.require_role(session, feed.project_id, caller.user, "read")
+    return feed
+
+
+def _check_message(feed_id: str, index: int, body: str, signature: str, client_id: str) -> None:
+    """Each message must be a canonical-JSON object, within the size limit, signed by the appending client."""
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise InvalidRequest(f"message {index} is over {MAX_MESSAGE_BYTES} bytes", error_code="message_too_large")
+    try:
+        value = json.loads(body)
+        canonical = canonical_json_bytes(value).decode("ascii")
+    except (ValueError, KacheryCloudError, RecursionError):
+        raise InvalidRequest(f"message {index} is not valid JSON", error_code="invalid_message") from None
+    if not isinstance(value, dict) or canonical != body:
+        raise InvalidRequest(
+            f"message {index} must be a JSON object in canonical form (sorted keys, no spaces, ASCII)",
+            error_code="invalid_message",
+        )
+    if not verify_signature(client_id, signed_bytes(feed_id, body), signature):
+        raise InvalidRequest(
+            f"message {index} is not signed by the appending client {client_id}", error_code="bad_message_signature"
+        )
+
+
+def _describe(feed: Feed) -> dict[str, Any]:
+    return {
+        "feed_id": feed.id,
+        "uri": feed_uri(feed.id),
+        "project_id": feed.project_id,
+        "num_messages": feed.num_messages,
+        "created_by_client_id": feed.created_by_client_id,
+        "created_at_ms": feed.created_at_ms,
+    }
