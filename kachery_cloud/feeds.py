@@ -111,6 +111,10 @@ class Feed:
         If there are none yet, wait up to ``timeout_sec`` for one: the call returns as soon as any client appends
         (a long-poll on the server, not a sleep loop), or returns ``[]`` when the time is up.
         """
+        return [r.message for r in self.get_next_message_records(timeout_sec, max_messages=max_messages)]
+
+    def get_next_message_records(self, timeout_sec: float = 0, *, max_messages: int | None = None) -> list[FeedMessage]:
+        """Like :meth:`get_next_messages`, with each message's number, appending client, time and signature."""
         if not isinstance(timeout_sec, int | float) or isinstance(timeout_sec, bool) or timeout_sec < 0:
             raise InvalidArgumentError(f"timeout_sec must be a number >= 0, not {timeout_sec!r}")
         if max_messages is not None:
@@ -129,7 +133,7 @@ class Feed:
                     break  # caught up
             elif records or remaining <= 0:
                 break
-        return [r.message for r in records]
+        return records
 
     def get_messages(self, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
         """Messages number ``start`` up to (not including) ``end``, or to the last one if ``end`` is None; like a

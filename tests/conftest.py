@@ -96,3 +96,12 @@ def cloud_client(cloud: RunningServer, monkeypatch: pytest.MonkeyPatch) -> Runni
     point_client_at(cloud, monkeypatch)
     init(quiet=True)
     return cloud
+
+
+@pytest.fixture
+def registered(connected: RunningServer) -> RunningServer:
+    """This test's client directory pointed at ``server`` (SQLite and PostgreSQL) and registered as its owner."""
+    from kachery_cloud import init
+
+    init(quiet=True)
+    return connected

@@ -6,6 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
+
+    from .servers import RunningServer
 
 
 def run_python(
@@ -32,3 +38,30 @@ def bytes_read_by_this_process() -> int:
         if line.startswith("rchar:"):
             return int(line.split()[1])
     raise AssertionError("no rchar in /proc/self/io")
+
+
+def switch_client(monkeypatch: pytest.MonkeyPatch, directory: Path, *, register: bool = True) -> None:
+    """Make ``directory`` the client directory of this process (a second machine, in effect)."""
+    import kachery_cloud as kcl
+    from kachery_cloud._connection import forget_clients
+
+    monkeypatch.setenv("KACHERY_CLOUD_DIR", str(directory))
+    forget_clients()
+    if register:
+        kcl.init(quiet=True)
+
+
+def act_as(server: RunningServer, monkeypatch: pytest.MonkeyPatch, email: str) -> None:
+    """Make this process a client registered for the user ``email`` (created as a member of a scratch project)."""
+    import secrets
+
+    from kachery_cloud._connection import forget_clients
+
+    scratch = f"home-{secrets.token_hex(3)}"
+    server.admin("create-project", scratch)
+    server.admin("add-member", scratch, email)
+    printed = server.admin("register-client", "--user", email).stdout
+    for line in printed.splitlines():
+        name, _, value = line.partition("=")
+        monkeypatch.setenv(name, value)
+    forget_clients()

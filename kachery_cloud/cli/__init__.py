@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from .feeds import feed
 from .files import cat, link, load, load_info, store, store_local
 from .identity import info, init
+from .mutables import mutable
 
 
 @click.group()
@@ -14,7 +16,7 @@ def main() -> None:
     """Share scientific data by content hash."""
 
 
-for _command in (store, store_local, load, cat, link, load_info, init, info):
+for _command in (store, store_local, load, cat, link, load_info, init, info, mutable, feed):
     main.add_command(_command)
 
-__all__ = ["cat", "info", "init", "link", "load", "load_info", "main", "store", "store_local"]
+__all__ = ["cat", "feed", "info", "init", "link", "load", "load_info", "main", "mutable", "store", "store_local"]

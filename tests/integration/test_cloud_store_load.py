@@ -18,7 +18,7 @@ import requests
 
 import kachery_cloud as kcl
 from kachery_cloud import fetching
-from kachery_cloud._connection import api_client, forget_clients
+from kachery_cloud._connection import api_client
 from kachery_cloud._progress import ProgressBar
 from kachery_cloud.api import blobs as blobs_api
 from kachery_cloud.api.blobs import FoundBlob
@@ -26,29 +26,10 @@ from kachery_cloud.config import load_config
 from kachery_cloud.local import LocalDirectory
 from kachery_cloud.transfer.upload import upload_files
 
+from ..helpers import act_as, switch_client
 from ..servers import RunningServer, clean_env
 
 MIB = 1 << 20
-
-
-def switch_client(monkeypatch: pytest.MonkeyPatch, directory: Path, *, register: bool = True) -> None:
-    """Make ``directory`` the client directory of this process (a second machine, in effect)."""
-    monkeypatch.setenv("KACHERY_CLOUD_DIR", str(directory))
-    forget_clients()
-    if register:
-        kcl.init(quiet=True)
-
-
-def act_as(server: RunningServer, monkeypatch: pytest.MonkeyPatch, email: str) -> None:
-    """Make this process a client registered for the user ``email`` (created as a member of a scratch project)."""
-    scratch = f"home-{secrets.token_hex(3)}"
-    server.admin("create-project", scratch)
-    server.admin("add-member", scratch, email)
-    printed = server.admin("register-client", "--user", email).stdout
-    for line in printed.splitlines():
-        name, _, value = line.partition("=")
-        monkeypatch.setenv(name, value)
-    forget_clients()
 
 
 def usage(server: RunningServer, project: str = "default") -> dict:
