@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -102,9 +103,11 @@ def _sweep_uploads(context: ServerContext, stop: threading.Event) -> None:
         stop.wait(interval)
 
 
-# API bodies are JSON (blob bytes never come here); the largest are feed appends (4 MiB of messages, which
-# JSON string escaping can double) and 1 MiB mutable values.
-MAX_BODY_BYTES = 16 << 20
+MAX_BODY_BYTES = 1 << 20  # API bodies are small JSON; blob bytes never come here
+# Except these: a mutable value (1 MiB, which JSON escaping can make 6 MiB) and a feed append (4 MiB of
+# messages, which escaping inside JSON strings can double).
+LARGE_BODY_BYTES = 16 << 20
+_LARGE_BODY_PATHS = re.compile(r"^/api/(mutables/set|feeds/[^/]+/messages)$")
 
 
 class _RequestGuard:
@@ -112,7 +115,8 @@ class _RequestGuard:
 
     - the Host header names this server (stops DNS rebinding, where a web page points its own domain at
       127.0.0.1 and drives the local API from a visitor's browser);
-    - the body is at most :data:`MAX_BODY_BYTES` (413 before reading it when Content-Length says so);
+    - the body is at most :data:`MAX_BODY_BYTES` (:data:`LARGE_BODY_BYTES` for the two endpoints that take
+      large values), 413 before reading it when Content-Length says so;
     - responses forbid framing (clickjacking of the registration page).
     """
 
@@ -130,9 +134,10 @@ class _RequestGuard:
             if host not in self.allowed_hosts:
                 await _error(400, "invalid_host", "this server does not answer to that host name")(scope, receive, send)
                 return
+        limit = LARGE_BODY_BYTES if _LARGE_BODY_PATHS.match(scope.get("path", "")) else MAX_BODY_BYTES
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            await _error(413, "request_too_large", f"request body over {MAX_BODY_BYTES} bytes")(scope, receive, send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _error(413, "request_too_large", f"request body over {limit} bytes")(scope, receive, send)
             return
         received = 0
 
@@ -140,8 +145,8 @@ class _RequestGuard:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > MAX_BODY_BYTES:
-                raise StarletteHTTPException(413, f"request body over {MAX_BODY_BYTES} bytes")
+            if received > limit:
+                raise StarletteHTTPException(413, f"request body over {limit} bytes")
             return message
 
         async def framing_send(message: dict) -> None:

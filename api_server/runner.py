@@ -73,7 +73,7 @@ def _server_class() -> type:
             self.context = context
 
         def handle_exit(self, sig: int, frame: object) -> None:
-            self.context.wakeups.close()
+            self.context.wakeups.close_from_signal_handler()
             super().handle_exit(sig, frame)
 
     return Server

@@ -4,8 +4,9 @@ and is woken as soon as a writer publishes that topic, in this process or, on Po
 - In-process: :meth:`Wakeups.wake` sets the asyncio events of this process's waiters (thread-safe, so the
   sync endpoints that write can call it after their commit).
 - Across replicas: a writer adds ``pg_notify`` to its transaction (:meth:`Wakeups.publish_in`); PostgreSQL
-  delivers it at commit to every replica's listener thread, which wakes the local waiters. When a listener
-  connection was lost, it wakes every waiter on reconnecting, since notifications sent in the gap are gone.
+  delivers it at commit to every replica's listener thread, which wakes the local waiters (a replica ignores
+  its own notifications: it has woken its waiters already). When a listener connection was lost, it wakes
+  every waiter on reconnecting, since notifications sent in the gap are gone.
 
 A wake-up only tells a waiter to look again; what it finds is decided by the database, so a spurious or
 doubled wake-up costs a query and nothing else.
@@ -16,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import threading
 from collections.abc import Iterator
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from .db.session import Database
@@ -29,6 +30,8 @@ log = logging.getLogger("kachery_cloud_server")
 
 CHANNEL = "kachery_wakeups"
 _RECONNECT_SEC = (0.5, 10.0)  # first and longest wait between listener reconnections
+# A connection that dies without a word (a restarted database host, a dropped NAT entry) is noticed in ~1 min.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 class Wakeups:
@@ -38,6 +41,7 @@ class Wakeups:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
+        self._origin = secrets.token_hex(8)  # names this process in its notifications
 
     def start(self) -> None:
         """Start listening for other replicas' notifications (PostgreSQL only; SQLite has one server)."""
@@ -54,6 +58,12 @@ class Wakeups:
         """Answer every waiting long-poll now (on shutdown, so they do not hold the server up for their wait)."""
         self._closed.set()
         self.wake_all()
+
+    def close_from_signal_handler(self) -> None:
+        """:meth:`close` for a signal handler: the lock it takes may be held by the code the signal interrupted
+        (in the same thread), so the waking happens on another thread."""
+        self._closed.set()
+        threading.Thread(target=self.wake_all, name="kachery-wakeups-close", daemon=True).start()
 
     @contextlib.contextmanager
     def subscription(self, topic: str) -> Iterator[asyncio.Event]:
@@ -86,26 +96,32 @@ class Wakeups:
     def publish_in(self, session: Session, topic: str) -> None:
         """Have PostgreSQL tell every replica about ``topic`` when ``session``'s transaction commits."""
         if not self.db.is_sqlite:
-            session.execute(text("SELECT pg_notify(:channel, :topic)"), {"channel": CHANNEL, "topic": topic})
+            payload = f"{self._origin} {topic}"
+            session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
 
     def _listen(self) -> None:
         import psycopg
 
-        conninfo = make_url(self.db.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        # The engine's own connection arguments (a password with spaces or '@' survives, unlike a URL string).
+        args, kwargs = self.db.engine.dialect.create_connect_args(self.db.engine.url)
+        kwargs = {**{k: v for k, v in kwargs.items() if k != "context"}, **_KEEPALIVES, "autocommit": True}
         delay = _RECONNECT_SEC[0]
         while not self._closed.is_set():
             try:
-                with psycopg.connect(conninfo, autocommit=True) as connection:
+                with psycopg.connect(*args, **kwargs) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
                     self.wake_all()  # whatever was published while this replica was not listening
                     delay = _RECONNECT_SEC[0]
                     while not self._closed.is_set():
                         for notification in connection.notifies(timeout=1.0):
-                            self.wake(notification.payload)
+                            origin, _, topic = notification.payload.partition(" ")
+                            if origin != self._origin:
+                                self.wake(topic)
             except Exception as e:
                 if self._closed.is_set():
                     return
-                log.warning("wake-up listener lost its PostgreSQL connection (%s); reconnecting", type(e).__name__)
+                log.warning("wake-up listener lost its PostgreSQL connection (%s: %s); reconnecting in %.1f s",
+                            type(e).__name__, e, delay)  # fmt: skip
                 self._closed.wait(delay)
                 delay = min(_RECONNECT_SEC[1], delay * 2)
 

@@ -17,12 +17,13 @@ from typing import Any
 
 from ._connection import api_client, require_writable
 from .config import ClientConfig, load_config
-from .errors import IntegrityError, InvalidArgumentError
+from .errors import IntegrityError, InvalidArgumentError, ServerUnreachableError
 from .feed_format import MAX_WAIT_SEC, check_append_size, feed_uri, message_body, parse_feed_ref, signed_bytes
 from .request_signing import verify_signature
 
 _PAGE = 1000  # messages per read request (the server's limit)
 _READ_TIMEOUT_MARGIN_SEC = 30.0  # on top of the long-poll's own wait
+_UNREACHABLE_PAUSE_SEC = 2.0  # between attempts to reach a restarting server while waiting for messages
 
 
 @dataclass(frozen=True)
@@ -119,20 +120,24 @@ class Feed:
             raise InvalidArgumentError(f"timeout_sec must be a number >= 0, not {timeout_sec!r}")
         if max_messages is not None:
             max_messages = _non_negative(max_messages, "max_messages")
+            if max_messages == 0:
+                return []
         deadline = time.monotonic() + timeout_sec
-        records: list[FeedMessage] = []
-        while max_messages is None or len(records) < max_messages:
+        # Wait for the first page; a server that restarts meanwhile is asked again until the deadline.
+        while True:
             remaining = deadline - time.monotonic()
-            wait_sec = 0.0 if records else min(max(remaining, 0.0), MAX_WAIT_SEC)
-            limit = _PAGE if max_messages is None else min(_PAGE, max_messages - len(records))
-            page, num_messages = self._read_page(self._position, limit, wait_sec)
-            records.extend(page)
-            if page:
-                self._position = page[-1].number + 1
-                if self._position >= num_messages:
-                    break  # caught up
-            elif records or remaining <= 0:
+            try:
+                page, num_messages = self._read_page(self._position, _limit(max_messages, 0), remaining)
+            except ServerUnreachableError:
+                if deadline - time.monotonic() <= 0:
+                    raise
+                time.sleep(min(_UNREACHABLE_PAUSE_SEC, max(0.0, deadline - time.monotonic())))
+                continue
+            if page or deadline - time.monotonic() <= 0:
                 break
+        records = page + self._pages_after(page, num_messages, max_messages)
+        if records:  # only now: an error in a later page must not skip messages nobody received
+            self._position = records[-1].number + 1
         return records
 
     def get_messages(self, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
@@ -143,22 +148,24 @@ class Feed:
     def get_message_records(self, start: int = 0, end: int | None = None) -> list[FeedMessage]:
         """Like :meth:`get_messages`, with each message's number, appending client, time and signature."""
         start = _non_negative(start, "start")
-        if end is not None:
-            end = _non_negative(end, "end")
-        records: list[FeedMessage] = []
-        position = start
-        while end is None or position < end:
-            limit = _PAGE if end is None else min(_PAGE, end - position)
-            page, num_messages = self._read_page(position, limit, 0.0)
-            records.extend(page)
-            if not page:
+        wanted = None if end is None else _non_negative(end, "end") - start
+        if wanted is not None and wanted <= 0:
+            return []
+        page, num_messages = self._read_page(start, _limit(wanted, 0), 0.0)
+        return page + self._pages_after(page, num_messages, wanted)
+
+    def _pages_after(self, page: list[FeedMessage], num_messages: int, wanted: int | None) -> list[FeedMessage]:
+        """The messages after ``page``, read without waiting, to the feed's end or to ``wanted`` messages in all."""
+        records = list(page)
+        while records and records[-1].number + 1 < num_messages and (wanted is None or len(records) < wanted):
+            more, num_messages = self._read_page(records[-1].number + 1, _limit(wanted, len(records)), 0.0)
+            if not more:
                 break
-            position = page[-1].number + 1
-            if position >= num_messages:
-                break
-        return records
+            records.extend(more)
+        return records[len(page) :]
 
     def _read_page(self, start: int, limit: int, wait_sec: float) -> tuple[list[FeedMessage], int]:
+        wait_sec = min(max(wait_sec, 0.0), MAX_WAIT_SEC)
         answer = api_client(self._config).call(
             "GET",
             f"/api/feeds/{self._feed_id}/messages",
@@ -208,6 +215,11 @@ def load_feed(uri_or_id: str) -> Feed:
 
 def _feed_info(config: ClientConfig, feed_id: str) -> dict[str, Any]:
     return api_client(config).call("GET", f"/api/feeds/{feed_id}")
+
+
+def _limit(wanted: int | None, have: int) -> int:
+    """Messages to ask for in the next page."""
+    return _PAGE if wanted is None else max(1, min(_PAGE, wanted - have))
 
 
 def _non_negative(value: Any, name: str) -> int:

@@ -5,8 +5,8 @@ A key is ``/``-separated segments: every segment but the last names a folder and
 last names the value and does not. ``@lab/@exp1/latest`` is a key, ``@lab/@exp1`` a folder key. Because
 folders and values can never share a name, a value and a folder never collide on disk or in a database.
 Segments may not be empty, ``.`` or ``..``, start with ``.`` (reserved for temporary files), contain NUL
-or control characters, or exceed 255 bytes of UTF-8; a whole key may not exceed 1024 bytes. Values are strings
-of at most 1 MiB of UTF-8.
+or control characters, or exceed 255 bytes of UTF-8; a whole key may not exceed 1024 bytes. Values are strings;
+project mutables (on the API server) hold at most 1 MiB of UTF-8.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1 << 20
 
 
-def encode_mutable_value(value: str) -> bytes:
+def encode_mutable_value(value: str, *, max_bytes: int | None = MAX_VALUE_BYTES) -> bytes:
     """The UTF-8 bytes of a mutable value; raises :class:`InvalidArgumentError` for a non-str, a str that is not
-    valid Unicode (lone surrogates) or one over :data:`MAX_VALUE_BYTES`."""
+    valid Unicode (lone surrogates) or one over ``max_bytes`` (None: no limit, for local mutables)."""
     if not isinstance(value, str):
         raise InvalidArgumentError(f"a mutable value must be a str, not {type(value).__name__}")
     try:
         data = value.encode("utf-8")
     except UnicodeEncodeError as e:
         raise InvalidArgumentError(f"a mutable value must be valid Unicode: {e.reason} at position {e.start}") from None
-    if len(data) > MAX_VALUE_BYTES:
+    if max_bytes is not None and len(data) > max_bytes:
         raise InvalidArgumentError(
-            f"a mutable value may be at most {MAX_VALUE_BYTES} bytes of UTF-8 (1 MiB); this one is {len(data)}. "
+            f"a mutable value may be at most {max_bytes} bytes of UTF-8; this one is {len(data)}. "
             "Store large content with store_text/store_json and set the mutable to its URI"
         )
     return data

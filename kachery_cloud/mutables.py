@@ -146,7 +146,7 @@ def _check_version(expected_version: int | None) -> None:
 @explain_permission_errors
 def set_mutable_local(key: str, value: str) -> None:
     """Set the local mutable ``key`` (for example ``@lab/@exp1/latest``) to the string ``value``."""
-    encode_mutable_value(value)
+    encode_mutable_value(value, max_bytes=None)  # a file of its own: no size limit
     local_directory().mutables.set(key, value)
 
 

@@ -175,7 +175,14 @@ class PostgresDatabases:
 
         name = f"kctest_{secrets.token_hex(5)}"
         with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            try:
+                # A linguistic collation, as most production databases have ('a' < 'B'), so that nothing may
+                # depend on text sorting by bytes unless it asks for it.
+                conn.execute(
+                    f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                )
+            except psycopg.Error:  # a server without ICU: its default
+                conn.execute(f"CREATE DATABASE {name}")
         self.names.append(name)
         return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
 

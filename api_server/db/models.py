@@ -170,6 +170,10 @@ class UsageCounter(Base):
 # --- mutables and feeds (migration 0004) ---
 
 
+# Keys sort in byte order on every backend: SQLite compares bytes, PostgreSQL's default collation may not.
+_MUTABLE_KEY = String(1024).with_variant(String(1024, collation="C"), "postgresql")
+
+
 class Mutable(Base):
     """A named value of a project. A deleted mutable stays as a row with ``value`` None (a tombstone), so its
     version keeps counting up: a compare-and-swap against an old version can never succeed by accident after
@@ -178,7 +182,10 @@ class Mutable(Base):
     __tablename__ = "mutables"
 
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
-    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    # Byte order on every backend (SQLite compares bytes; PostgreSQL's default collation may not).
+    key: Mapped[str] = mapped_column(
+        String(1024).with_variant(String(1024, collation="C"), "postgresql"), primary_key=True
+    )
     value: Mapped[bytes | None] = mapped_column(LargeBinary)  # UTF-8; bytes, since PostgreSQL text refuses NUL
     version: Mapped[int] = mapped_column(BigInteger)
     updated_by_client_id: Mapped[str] = mapped_column(String(64))

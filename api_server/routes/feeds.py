@@ -35,7 +35,9 @@ class AppendRequest(BaseModel):
     append_id: str = Field(
         pattern=r"^[0-9a-f]{32}$", description="chosen by the client, random; a retried append sends the same one"
     )
-    messages: list[SignedMessage] = Field(max_length=MAX_MESSAGES_PER_APPEND)
+    # The service refuses more than MAX_MESSAGES_PER_APPEND with a clear too_many_messages (the body limit
+    # bounds what is parsed).
+    messages: list[SignedMessage] = Field(description=f"at most {MAX_MESSAGES_PER_APPEND} messages")
 
 
 class AppendResponse(BaseModel):

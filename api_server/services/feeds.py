@@ -40,13 +40,14 @@ from kachery_cloud.serialization import canonical_json_bytes
 from ..auth import Caller
 from ..db.models import Feed, FeedMessage, now_ms
 from ..db.session import Database
-from ..errors import InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..wakeups import Wakeups
 from . import projects
 from .usage import add_usage
 
 MAX_READ_MESSAGES = 1000
 MAX_READ_BYTES = 4 << 20  # a page stops after this many bytes of messages (it always holds at least one)
+_READ_CHUNK = 64  # rows fetched from the database at a time while filling a page
 
 
 def topic(feed_id: str) -> str:
@@ -60,12 +61,12 @@ class FeedService:
 
     def create(self, caller: Caller, project_id: str | None) -> dict[str, Any]:
         with self.db.transaction() as session:
-            project_id = _project_id(caller, project_id)
-            projects.require_role(session, project_id, caller.user, "write")
-            add_usage(session, project_id, requests=1)
+            project_id = projects.caller_project_id(caller, project_id)
+            projects.require_caller_role(session, project_id, caller, "write")
             feed = Feed(id=new_feed_id(), project_id=project_id, num_messages=0, created_by_client_id=caller.client_id)
             session.add(feed)
             session.flush()
+            add_usage(session, project_id, requests=1)
             return _describe(feed)
 
     def info(self, caller: Caller, feed_id: str) -> dict[str, Any]:
@@ -92,8 +93,7 @@ class FeedService:
             _check_message(feed_id, index, body, signature, caller.client_id)
         with self.db.transaction() as session:
             feed = _get_feed(session, feed_id)
-            projects.require_role(session, feed.project_id, caller.user, "write")
-            add_usage(session, feed.project_id, requests=1)
+            projects.require_caller_role(session, feed.project_id, caller, "write")
             # Lock the feed's row (PostgreSQL; SQLite transactions are serial) before looking for the append id,
             # so a retry racing its own first attempt waits for it and then finds it.
             session.scalars(select(Feed.id).where(Feed.id == feed_id).with_for_update()).one()
@@ -101,6 +101,8 @@ class FeedService:
                 select(FeedMessage.number).where(FeedMessage.feed_id == feed_id, FeedMessage.append_id == append_id)
             ).one_or_none()
             if earlier is not None:
+                _check_same_append(session, feed_id, earlier, messages, caller.client_id)
+                add_usage(session, feed.project_id, requests=1)
                 return {"feed_id": feed_id, "first_number": earlier, "count": len(messages), "repeated": True}
             end = session.scalars(
                 update(Feed)
@@ -122,6 +124,7 @@ class FeedService:
                 )
                 for index, (body, signature) in enumerate(messages)
             )
+            add_usage(session, feed.project_id, requests=1)
             self.wakeups.publish_in(session, topic(feed_id))
         self.wakeups.wake(topic(feed_id))
         return {"feed_id": feed_id, "first_number": first, "count": len(messages), "repeated": False}
@@ -146,47 +149,28 @@ class FeedService:
 
     def _read_page(self, caller: Caller, feed_id: str, start: int, limit: int, count: bool) -> dict[str, Any]:
         limit = max(1, min(limit, MAX_READ_MESSAGES))
+        messages: list[dict[str, Any]] = []
         with self.db.transaction() as session:
             feed = _readable_feed(session, caller, feed_id)
+            if start < feed.num_messages:
+                query = (
+                    select(FeedMessage)
+                    .where(FeedMessage.feed_id == feed_id, FeedMessage.number >= start)
+                    .order_by(FeedMessage.number)
+                    .limit(limit)
+                    .execution_options(yield_per=_READ_CHUNK)  # stop fetching once the page is full
+                )
+                rows = session.scalars(query)
+                size = 0
+                for row in rows:
+                    size += len(row.body)
+                    if messages and size > MAX_READ_BYTES:
+                        break
+                    messages.append(_stored(row))
+                rows.close()
             if count:
                 add_usage(session, feed.project_id, requests=1)
-            rows = []
-            if start < feed.num_messages:
-                rows = list(
-                    session.scalars(
-                        select(FeedMessage)
-                        .where(FeedMessage.feed_id == feed_id, FeedMessage.number >= start)
-                        .order_by(FeedMessage.number)
-                        .limit(limit)
-                    )
-                )
-        messages = []
-        size = 0
-        for row in rows:
-            size += len(row.body)
-            if messages and size > MAX_READ_BYTES:
-                break
-            messages.append(
-                {
-                    "number": row.number,
-                    "body": row.body,
-                    "client_id": row.client_id,
-                    "signature": row.signature,
-                    "appended_at_ms": row.appended_at_ms,
-                }
-            )
         return {"feed_id": feed_id, "start": start, "num_messages": feed.num_messages, "messages": messages}
-
-
-def _project_id(caller: Caller, project_id: str | None) -> str:
-    assert caller.user is not None
-    project_id = project_id or caller.user.default_project_id
-    if not project_id:
-        raise InvalidRequest(
-            f"{caller.user.name} has no default project; name one (project_id, or KACHERY_CLOUD_PROJECT)",
-            error_code="no_project",
-        )
-    return project_id
 
 
 def _check_feed_id(feed_id: str) -> None:
@@ -203,8 +187,35 @@ def _get_feed(session: Session, feed_id: str) -> Feed:
 
 def _readable_feed(session: Session, caller: Caller, feed_id: str) -> Feed:
     feed = _get_feed(session, feed_id)
-    projects.require_role(session, feed.project_id, caller.user, "read")
+    projects.require_caller_role(session, feed.project_id, caller, "read")
     return feed
+
+
+def _check_same_append(
+    session: Session, feed_id: str, first: int, messages: list[tuple[str, str]], client_id: str
+) -> None:
+    """A repeated append id must come with the very messages, from the very client, that it first appended;
+    otherwise the caller would be told its messages are at numbers that hold others."""
+    stored = session.execute(
+        select(FeedMessage.body, FeedMessage.client_id)
+        .where(FeedMessage.feed_id == feed_id, FeedMessage.number >= first, FeedMessage.number < first + len(messages))
+        .order_by(FeedMessage.number)
+    ).all()
+    if [(body, client_id) for body, _ in messages] != [tuple(row) for row in stored]:
+        raise Conflict(
+            f"append id already used for other messages in feed {feed_id}; use a new random append_id per append",
+            error_code="append_id_reused",
+        )
+
+
+def _stored(row: FeedMessage) -> dict[str, Any]:
+    return {
+        "number": row.number,
+        "body": row.body,
+        "client_id": row.client_id,
+        "signature": row.signature,
+        "appended_at_ms": row.appended_at_ms,
+    }
 
 
 def _check_message(feed_id: str, index: int, body: str, signature: str, client_id: str) -> None:

@@ -4,7 +4,12 @@
 - Every mutable has a version: 1 when first set, one more on every set or delete. ``expected_version`` turns
   a set or delete into a compare-and-swap: it happens only if the version is still the one the caller read
   (0: the key must not be set), else :class:`VersionConflict` (409) names the current version.
-- A delete leaves a tombstone (value None) that keeps the version, so versions never repeat for a key.
+- A delete leaves a tombstone (value None) that keeps the version, so versions never repeat for a key; to
+  callers a key that is not set is at version 0, as ``expected_version`` counts it.
+- Keys sort by their bytes (the column has the "C" collation on PostgreSQL, SQLite compares bytes), so
+  listings are in the same order everywhere and a folder is one index range.
+- Usage is counted at the end of each transaction, after the row lock: the per-project counter row is then
+  held only briefly, not while waiting for a mutable's lock.
 - Keys follow the client's key grammar (``kachery_cloud.mutable_key``); values are at most 1 MiB of UTF-8.
 """
 
@@ -12,12 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kachery_cloud.errors import InvalidArgumentError
-from kachery_cloud.mutable_key import MAX_VALUE_BYTES, validate_folder_key, validate_mutable_key
+from kachery_cloud.mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
 
 from ..auth import Caller
 from ..db.models import Mutable, Project, now_ms
@@ -41,10 +46,10 @@ class MutableService:
         _check_key(key)
         with self.db.transaction() as session:
             project = _project(session, caller, project_id, "read")
-            add_usage(session, project.id, requests=1)
             row = session.get(Mutable, (project.id, key))
+            add_usage(session, project.id, requests=1)
             if row is None or row.value is None:
-                return {"project_id": project.id, "key": key, "found": False, "version": row.version if row else 0}
+                return {"project_id": project.id, "key": key, "found": False, "version": 0}
             return {"project_id": project.id, "key": key, "found": True, **_describe(row)}
 
     def set(
@@ -64,7 +69,6 @@ class MutableService:
     ) -> dict[str, Any]:
         with self.db.transaction() as session:
             project = _project(session, caller, project_id, "write")
-            add_usage(session, project.id, requests=1)
             row = _locked(session, project.id, key)
             _check_version(key, row, expected_version)
             if row is None:
@@ -75,29 +79,30 @@ class MutableService:
             row.updated_by_client_id = caller.client_id or ""
             row.updated_at_ms = now_ms()
             session.flush()
+            add_usage(session, project.id, requests=1)
             return {"project_id": project.id, "key": key, "version": row.version}
 
     def delete(self, caller: Caller, project_id: str | None, key: str, expected_version: int | None) -> dict[str, Any]:
         _check_key(key)
         with self.db.transaction() as session:
             project = _project(session, caller, project_id, "write")
-            add_usage(session, project.id, requests=1)
             row = _locked(session, project.id, key)
             _check_version(key, row, expected_version)
-            if row is None or row.value is None:
-                return {"project_id": project.id, "key": key, "deleted": False, "version": row.version if row else 0}
-            row.value = None
-            row.version += 1
-            row.updated_by_client_id = caller.client_id or ""
-            row.updated_at_ms = now_ms()
-            return {"project_id": project.id, "key": key, "deleted": True, "version": row.version}
+            deleted = row is not None and row.value is not None
+            if row is not None and deleted:
+                row.value = None
+                row.version += 1
+                row.updated_by_client_id = caller.client_id or ""
+                row.updated_at_ms = now_ms()
+                session.flush()
+            add_usage(session, project.id, requests=1)
+            return {"project_id": project.id, "key": key, "deleted": deleted, "version": 0}
 
     def delete_folder(self, caller: Caller, project_id: str | None, folder_key: str) -> dict[str, Any]:
         """Delete every key under ``folder_key`` in one transaction; returns how many there were."""
         prefix = _folder_prefix(folder_key)
         with self.db.transaction() as session:
             project = _project(session, caller, project_id, "write")
-            add_usage(session, project.id, requests=1)
             result = session.execute(
                 update(Mutable)
                 .where(Mutable.project_id == project.id, Mutable.value.is_not(None), _under(prefix))
@@ -109,6 +114,7 @@ class MutableService:
                 )
                 .execution_options(synchronize_session=False)
             )
+            add_usage(session, project.id, requests=1)
             return {"project_id": project.id, "folder_key": folder_key, "deleted": result.rowcount}
 
     def list_keys(
@@ -120,32 +126,31 @@ class MutableService:
         limit = max(1, min(limit, MAX_LIST))
         with self.db.transaction() as session:
             project = _project(session, caller, project_id, "read")
-            add_usage(session, project.id, requests=1)
-            query = select(Mutable).where(Mutable.project_id == project.id, Mutable.value.is_not(None))
+            # Columns, not rows: a page must not load up to 1000 values of up to 1 MiB each.
+            query = select(
+                Mutable.key,
+                Mutable.version,
+                Mutable.updated_at_ms,
+                Mutable.updated_by_client_id,
+                func.length(Mutable.value).label("size"),
+            ).where(Mutable.project_id == project.id, Mutable.value.is_not(None))
             if prefix is not None:
                 query = query.where(_under(prefix))
             if after is not None:
                 query = query.where(Mutable.key > after)
-            rows = list(session.scalars(query.order_by(Mutable.key).limit(limit + 1)))
+            rows = session.execute(query.order_by(Mutable.key).limit(limit + 1)).all()
+            add_usage(session, project.id, requests=1)
         more = len(rows) > limit
         rows = rows[:limit]
         return {
             "project_id": project.id,
-            "mutables": [{"key": row.key, **_describe(row, with_value=False)} for row in rows],
+            "mutables": [row._asdict() for row in rows],
             "next_after": rows[-1].key if more else None,
         }
 
 
 def _project(session: Session, caller: Caller, project_id: str | None, role: str) -> Project:
-    if not project_id:
-        if caller.user is None or not caller.user.default_project_id:
-            who = "an anonymous client" if caller.user is None else caller.user.name
-            raise InvalidRequest(
-                f"{who} has no default project; name one (project_id, or KACHERY_CLOUD_PROJECT)",
-                error_code="no_project",
-            )
-        project_id = caller.user.default_project_id
-    return projects.require_role(session, project_id, caller.user, role)
+    return projects.require_caller_role(session, projects.caller_project_id(caller, project_id), caller, role)
 
 
 def _locked(session: Session, project_id: str, key: str) -> Mutable | None:
@@ -166,16 +171,14 @@ def _check_version(key: str, row: Mutable | None, expected_version: int | None) 
         )
 
 
-def _describe(row: Mutable, *, with_value: bool = True) -> dict[str, Any]:
-    described: dict[str, Any] = {
+def _describe(row: Mutable) -> dict[str, Any]:
+    return {
         "version": row.version,
         "updated_at_ms": row.updated_at_ms,
         "updated_by_client_id": row.updated_by_client_id,
         "size": len(row.value or b""),
+        "value": (row.value or b"").decode("utf-8"),
     }
-    if with_value:
-        described["value"] = (row.value or b"").decode("utf-8")
-    return described
 
 
 def _check_key(key: str) -> None:
@@ -194,18 +197,14 @@ def _folder_prefix(folder_key: str) -> str:
 
 
 def _under(prefix: str) -> Any:
-    # substr rather than LIKE (SQLite's LIKE ignores ASCII case) or a range (collations order text differently).
-    return func.substr(Mutable.key, 1, len(prefix)) == prefix
+    """Keys starting with ``prefix`` (which ends in '/'), as an index range: in byte order, the keys under a
+    folder are those from ``<folder>/`` up to ``<folder>0`` ('0' follows '/')."""
+    return and_(Mutable.key >= prefix, Mutable.key < prefix[:-1] + "0")
 
 
 def _encode_value(value: str) -> bytes:
     try:
-        data = value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("a mutable value must be valid Unicode (it has a lone surrogate)") from None
-    if len(data) > MAX_VALUE_BYTES:
-        raise InvalidRequest(
-            f"a mutable value may be at most {MAX_VALUE_BYTES} bytes of UTF-8; this one is {len(data)}",
-            error_code="value_too_large",
-        )
-    return data
+        return encode_mutable_value(value)
+    except InvalidArgumentError as e:
+        code = "value_too_large" if "at most" in str(e) else "invalid_request"
+        raise InvalidRequest(str(e), error_code=code) from None

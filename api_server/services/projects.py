@@ -8,8 +8,9 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..auth import Caller
 from ..db.models import ROLES, Membership, Project, User
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
+from ..errors import ClientNotRegistered, Conflict, Forbidden, InvalidRequest, NotFound
 
 PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -127,6 +128,35 @@ def require_role(
             error_code="insufficient_role",
         )
     return project
+
+
+def caller_project_id(caller: Caller, project_id: str | None) -> str:
+    """``project_id``, else the caller's default project; a clear error if there is neither."""
+    if project_id:
+        return project_id
+    if caller.user is not None and caller.user.default_project_id:
+        return caller.user.default_project_id
+    if caller.client_id is not None and caller.user is None:
+        raise _not_registered(caller)
+    who = caller.user.name if caller.user is not None else "an anonymous client"
+    raise InvalidRequest(
+        f"{who} has no default project; name one (project_id, or KACHERY_CLOUD_PROJECT)", error_code="no_project"
+    )
+
+
+def require_caller_role(session: Session, project_id: str, caller: Caller, needed: str) -> Project:
+    """:func:`require_role` for a request's caller: a signed but unregistered client that is refused is told to
+    register, rather than that an anonymous client is not a member."""
+    try:
+        return require_role(session, project_id, caller.user, needed)
+    except Forbidden:
+        if caller.client_id is not None and caller.user is None:
+            raise _not_registered(caller) from None
+        raise
+
+
+def _not_registered(caller: Caller) -> ClientNotRegistered:
+    return ClientNotRegistered(f"client {caller.client_id} is not registered with this server; run kachery-cloud-init")
 
 
 def projects_of_user(session: Session, user: User) -> list[tuple[Project, str]]:

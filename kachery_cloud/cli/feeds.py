@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from .. import feeds
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, ServerUnreachableError
 from ..feed_format import MAX_MESSAGES_PER_APPEND
 from ._errors import handle_errors
 
@@ -71,7 +71,11 @@ def read(feed_uri: str, start: int, end: int | None, follow: bool, records: bool
     _print(handle.get_next_message_records(), records)
     try:
         while follow:
-            _print(handle.get_next_message_records(timeout_sec=_FOLLOW_POLL_SEC), records)
+            try:
+                _print(handle.get_next_message_records(timeout_sec=_FOLLOW_POLL_SEC), records)
+            except ServerUnreachableError as e:
+                # A follower outlives a server restart or a network outage: say so once, keep trying.
+                click.echo(f"{e}; still trying", err=True)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -57,9 +57,10 @@ def get(key: str, project: str | None, local: bool, info: bool) -> None:
 @_EXPECTED
 @handle_errors
 def set_(key: str, value: str, project: str | None, local: bool, expected_version: int | None) -> None:
-    """Set KEY to VALUE ('-': read the value from standard input) and print the new version."""
+    """Set KEY to VALUE and print the new version. VALUE '-' reads standard input, without its final newline
+    (as `echo URI | ... set KEY -` means)."""
     if value == "-":
-        value = sys.stdin.read()
+        value = sys.stdin.read().removesuffix("\n")
     if local:
         if expected_version is not None:
             raise click.UsageError("--expected-version is for project mutables (local ones have no versions)")

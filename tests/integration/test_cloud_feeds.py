@@ -72,6 +72,11 @@ def test_bad_input_is_refused_with_clear_errors(registered: RunningServer) -> No
     with pytest.raises(kcl.SerializationError):
         feed.append_message({"x": float("nan")})
     assert len(feed.append_messages([{"i": i} for i in range(MAX_MESSAGES_PER_APPEND)])) == 1000
+    big = [{"x": "y" * (MAX_MESSAGE_BYTES - 20)}] * 3  # 3 MiB in one request
+    assert feed.append_messages(big) == [1000, 1001, 1002]
+    reader = kcl.load_feed(feed.uri)
+    reader.set_position(999)
+    assert len(reader.get_next_messages()) == 4  # pages of at most ~4 MiB, read until caught up
     for ref in ("sha1://" + "0" * 40, "kachery-feed://xyz", "nothing"):
         with pytest.raises(kcl.InvalidURIError):
             kcl.load_feed(ref)
@@ -82,7 +87,7 @@ def test_bad_input_is_refused_with_clear_errors(registered: RunningServer) -> No
         feed.get_next_messages(timeout_sec=-1)
     with pytest.raises(kcl.InvalidArgumentError, match="position"):
         feed.set_position(-1)
-    assert feed.get_num_messages() == 1000  # nothing refused was appended
+    assert feed.get_num_messages() == 1003  # nothing refused was appended
 
 
 def test_the_server_checks_messages_itself_and_applies_a_retried_append_once(registered: RunningServer) -> None:
@@ -118,6 +123,9 @@ def test_the_server_checks_messages_itself_and_applies_a_retried_append_once(reg
     again = append([signed('{"n":0}'), signed('{"n":1}')], append_id)  # as a client retrying a lost answer
     assert (first["first_number"], first["repeated"]) == (0, False)
     assert (again["first_number"], again["repeated"]) == (0, True)
+    with pytest.raises(kcl.ServerError) as reused:
+        append([signed('{"n":0}'), signed('{"n":"other"}')], append_id)  # the same id for other messages
+    assert (reused.value.error_code, reused.value.status) == ("append_id_reused", 409)
     assert kcl.load_feed(feed.uri).get_messages() == [{"n": 0}, {"n": 1}]
 
 
@@ -131,6 +139,20 @@ def test_a_message_altered_in_the_database_fails_verification(registered: Runnin
         reader.get_next_messages()
     assert reader.current_message_number == 0  # nothing unverified was handed out
     assert reader.get_messages(0, 1) == [{"amount": 10}]
+
+
+def test_a_failure_on_a_later_page_does_not_move_the_reader_past_unread_messages(registered: RunningServer) -> None:
+    feed = kcl.create_feed()
+    feed.append_messages([{"i": i} for i in range(1000)])  # one full page
+    feed.append_message({"i": 1000})
+    statement = "UPDATE feed_messages SET body = :body WHERE feed_id = :feed_id AND number = 1000"
+    _sql(registered, statement, body='{"i":-1}', feed_id=feed.feed_id)
+    reader = kcl.load_feed(feed.uri)
+    with pytest.raises(kcl.IntegrityError, match="message 1000"):
+        reader.get_next_messages()  # page 1 verified, page 2 not
+    assert reader.current_message_number == 0
+    assert reader.get_next_messages(max_messages=1000) == [{"i": i} for i in range(1000)]
+    assert reader.current_message_number == 1000
 
 
 def _sql(server: RunningServer, statement: str, **params: str) -> None:
@@ -208,8 +230,9 @@ def test_a_follower_started_first_receives_what_another_process_appends(
     out, _ = follower.communicate(timeout=90)
     received = json.loads(out)
     assert [r["message"] for r in received] == [{"writer": 1, "i": i} for i in range(3)]
-    # Woken by the append, not by the end of its 60 s wait (nor by the server's 30 s long-poll limit).
-    assert received[0]["waited"] < 20
+    # It was waiting when the messages came (the appender is a new process, started after the follower), and was
+    # woken by the append, not by the end of its 60 s wait (nor by the server's 30 s long-poll limit).
+    assert 0.2 < received[0]["waited"] < 20
 
 
 def test_an_empty_wait_returns_after_its_timeout(registered: RunningServer) -> None:
@@ -250,6 +273,13 @@ def test_reading_needs_read_access_and_appending_needs_write_access(
 
     monkeypatch.delenv("KACHERY_CLOUD_CLIENT_ID")
     monkeypatch.delenv("KACHERY_CLOUD_PRIVATE_KEY")
+    switch_client(monkeypatch, tmp_path / "unregistered", register=False)
+    with pytest.raises(kcl.NotRegisteredError, match="kachery-cloud-init"):
+        kcl.load_feed(private.uri)
+    with pytest.raises(kcl.NotRegisteredError, match="kachery-cloud-init"):
+        kcl.create_feed()
+    assert kcl.load_feed(public.uri).get_num_messages() == 1
+
     switch_client(monkeypatch, tmp_path / "ephemeral", register=False)
     monkeypatch.setenv("KACHERY_CLOUD_EPHEMERAL", "1")
     ephemeral = kcl.load_feed(public.uri)
@@ -358,7 +388,9 @@ def test_a_follower_on_one_replica_is_woken_by_an_append_on_another(
         out, _ = follower.communicate(timeout=90)
         received = json.loads(out)
         assert [r["message"] for r in received] == [{"via": "second replica"}]
-        assert received[0]["waited"] < 20  # woken, not found at the end of its wait
+        # It was waiting when the message came, and was woken then, not at the end of its wait.
+        assert 0.2 < received[0]["waited"] < 20
+        assert "wake-up listener lost" not in first.log() + second.log()
     finally:
         first.stop()
         second.stop()

@@ -17,7 +17,11 @@ def upgrade() -> None:
     op.create_table(
         "mutables",
         sa.Column("project_id", sa.String(length=64), nullable=False),
-        sa.Column("key", sa.String(length=1024), nullable=False),
+        sa.Column(
+            "key",
+            sa.String(length=1024).with_variant(sa.String(length=1024, collation="C"), "postgresql"),
+            nullable=False,
+        ),
         sa.Column("value", sa.LargeBinary(), nullable=True),
         sa.Column("version", sa.BigInteger(), nullable=False),
         sa.Column("updated_by_client_id", sa.String(length=64), nullable=False),
