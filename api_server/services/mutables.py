@@ -74,11 +74,7 @@ class MutableService:
             if row is None:
                 row = Mutable(project_id=project.id, key=key, version=0, updated_by_client_id="")
                 session.add(row)
-            row.value = data
-            row.version += 1
-            row.updated_by_client_id = caller.client_id or ""
-            row.updated_at_ms = now_ms()
-            session.flush()
+            _change(session, row, data, caller)
             add_usage(session, project.id, requests=1)
             return {"project_id": project.id, "key": key, "version": row.version}
 
@@ -90,11 +86,7 @@ class MutableService:
             _check_version(key, row, expected_version)
             deleted = row is not None and row.value is not None
             if row is not None and deleted:
-                row.value = None
-                row.version += 1
-                row.updated_by_client_id = caller.client_id or ""
-                row.updated_at_ms = now_ms()
-                session.flush()
+                _change(session, row, None, caller)  # the tombstone keeps counting versions
             add_usage(session, project.id, requests=1)
             return {"project_id": project.id, "key": key, "deleted": deleted, "version": 0}
 
@@ -158,6 +150,15 @@ def _locked(session: Session, project_id: str, key: str) -> Mutable | None:
     return session.scalars(
         select(Mutable).where(Mutable.project_id == project_id, Mutable.key == key).with_for_update()
     ).one_or_none()
+
+
+def _change(session: Session, row: Mutable, value: bytes | None, caller: Caller) -> None:
+    """Give ``row`` a new value (None: deleted) and the next version, recording who and when."""
+    row.value = value
+    row.version += 1
+    row.updated_by_client_id = caller.client_id or ""
+    row.updated_at_ms = now_ms()
+    session.flush()
 
 
 def _check_version(key: str, row: Mutable | None, expected_version: int | None) -> None:
