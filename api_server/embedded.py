@@ -66,13 +66,22 @@ class EmbeddedS3:
 
     def _credentials(self) -> tuple[str, str]:
         path = self.dir.parent / "s3-credentials.json"
-        if path.exists():
-            data = json.loads(path.read_text())
-            return data["access_key_id"], data["secret_access_key"]
-        data = {"access_key_id": "kc" + secrets.token_hex(9), "secret_access_key": secrets.token_urlsafe(30)}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
+        if not path.exists():
+            # Written whole to a temp file, then linked into place: a start killed midway leaves no empty or
+            # partial credentials file behind, and of two starts racing, the first link wins for both.
+            data = {"access_key_id": "kc" + secrets.token_hex(9), "secret_access_key": secrets.token_urlsafe(30)}
+            temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(data, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with contextlib.suppress(FileExistsError):
+                    os.link(temp, path)
+            finally:
+                temp.unlink()
+        data = json.loads(path.read_text())
         return data["access_key_id"], data["secret_access_key"]
 
     def _spawn(self, port: int, access_key: str, secret_key: str) -> None:
@@ -105,10 +114,15 @@ class EmbeddedS3:
         return False
 
     def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, 20)
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file, for error messages ("" if it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def free_loopback_port() -> int:

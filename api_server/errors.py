@@ -11,13 +11,11 @@ class ApiError(Exception):
     status = 400
     error_code = "invalid_request"
 
-    def __init__(self, message: str, *, error_code: str | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, error_code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if error_code is not None:
             self.error_code = error_code
-        if status is not None:
-            self.status = status
 
 
 class InvalidRequest(ApiError):

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .embedded import log_tail
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -162,14 +163,16 @@ def start_background(settings: Settings, argv: list[str], *, timeout_sec: float 
     deadline = time.monotonic() + timeout_sec
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServerStartError(f"the server exited with code {process.returncode}; {log_path}:\n{_tail(log_path)}")
+            raise ServerStartError(
+                f"the server exited with code {process.returncode}; {log_path}:\n{log_tail(log_path, 30)}"
+            )
         running = read_pid_file(data_dir)
         if running and running["pid"] == process.pid and _healthy(url):
             return running
         time.sleep(0.1)
     process.terminate()
     raise ServerStartError(
-        f"the server did not become ready within {timeout_sec:.0f} s; {log_path}:\n{_tail(log_path)}"
+        f"the server did not become ready within {timeout_sec:.0f} s; {log_path}:\n{log_tail(log_path, 30)}"
     )
 
 
@@ -258,13 +261,6 @@ def _alive(pid: int) -> bool:
         if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
             return False
     return True
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _safe_db_name(settings: Settings) -> str:

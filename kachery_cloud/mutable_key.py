@@ -18,6 +18,10 @@ MAX_KEY_BYTES = 1024
 MAX_VALUE_BYTES = 1 << 20
 
 
+class MutableValueTooLargeError(InvalidArgumentError):
+    """A mutable value over the size limit (the server answers it with its own error code)."""
+
+
 def encode_mutable_value(value: str, *, max_bytes: int | None = MAX_VALUE_BYTES) -> bytes:
     """The UTF-8 bytes of a mutable value; raises :class:`InvalidArgumentError` for a non-str, a str that is not
     valid Unicode (lone surrogates) or one over ``max_bytes`` (None: no limit, for local mutables)."""
@@ -28,7 +32,7 @@ def encode_mutable_value(value: str, *, max_bytes: int | None = MAX_VALUE_BYTES)
     except UnicodeEncodeError as e:
         raise InvalidArgumentError(f"a mutable value must be valid Unicode: {e.reason} at position {e.start}") from None
     if max_bytes is not None and len(data) > max_bytes:
-        raise InvalidArgumentError(
+        raise MutableValueTooLargeError(
             f"a mutable value may be at most {max_bytes} bytes of UTF-8; this one is {len(data)}. "
             "Store large content with store_text/store_json and set the mutable to its URI"
         )

@@ -182,10 +182,7 @@ class Mutable(Base):
     __tablename__ = "mutables"
 
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
-    # Byte order on every backend (SQLite compares bytes; PostgreSQL's default collation may not).
-    key: Mapped[str] = mapped_column(
-        String(1024).with_variant(String(1024, collation="C"), "postgresql"), primary_key=True
-    )
+    key: Mapped[str] = mapped_column(_MUTABLE_KEY, primary_key=True)
     value: Mapped[bytes | None] = mapped_column(LargeBinary)  # UTF-8; bytes, since PostgreSQL text refuses NUL
     version: Mapped[int] = mapped_column(BigInteger)
     updated_by_client_id: Mapped[str] = mapped_column(String(64))

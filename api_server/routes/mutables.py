@@ -51,7 +51,7 @@ class MutableResponse(BaseModel):
     project_id: str
     key: str
     found: bool
-    version: int = Field(description="current version; for a key that is not set, the version its deletion left")
+    version: int = Field(description="current version; 0 for a key that is not set (as expected_version counts it)")
     value: str | None = None
     updated_at_ms: int | None = None
     updated_by_client_id: str | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from ..errors import ClientNotRegistered
 from ..services import projects
 from .deps import ContextDep, OptionalCaller
 
@@ -23,10 +22,7 @@ class ProjectInfo(BaseModel):
 def get_project(project_id: str, caller: OptionalCaller, context: ContextDep) -> ProjectInfo:
     """A project the caller may read (anyone, for a public project)."""
     with context.db.transaction() as session:
-        project = projects.get_project(session, project_id)
-        if not project.public_read and caller.client_id is not None and caller.user is None:
-            raise ClientNotRegistered(f"client {caller.client_id} is not registered with {context.server_url}")
-        project = projects.require_role(session, project_id, caller.user, "read")
+        project = projects.require_caller_role(session, project_id, caller, "read")
         return ProjectInfo(
             project_id=project.id,
             label=project.label,

@@ -82,7 +82,7 @@ class BlobService:
         """For each blob: ``exists`` in the project, or how to upload it (a PUT URL, or a multipart upload)."""
         unique = _unique_blobs(blobs)
         with self.db.transaction() as session:
-            project = self._writable_project(session, caller, project_id)
+            project = projects.caller_project(session, caller, project_id, "write")
             present = self._present(session, project.id, list(unique))
             missing = [blob for sha1, blob in unique.items() if sha1 not in present]
             self._check_quota(session, project, sum(b.size for b in missing), len(missing))
@@ -411,15 +411,6 @@ class BlobService:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------------------ helpers
-
-    def _writable_project(self, session: Session, caller: Caller, project_id: str | None) -> Project:
-        assert caller.user is not None  # the route requires a registered caller
-        project_id = project_id or caller.user.default_project_id
-        if not project_id:
-            raise InvalidRequest(
-                f"{caller.user.name} has no default project; name one (KACHERY_CLOUD_PROJECT)", error_code="no_project"
-            )
-        return projects.require_role(session, project_id, caller.user, "write")
 
     def _present(self, session: Session, project_id: str, sha1s: list[str]) -> set[str]:
         if not sha1s:

@@ -61,12 +61,11 @@ class FeedService:
 
     def create(self, caller: Caller, project_id: str | None) -> dict[str, Any]:
         with self.db.transaction() as session:
-            project_id = projects.caller_project_id(caller, project_id)
-            projects.require_caller_role(session, project_id, caller, "write")
-            feed = Feed(id=new_feed_id(), project_id=project_id, num_messages=0, created_by_client_id=caller.client_id)
+            project = projects.caller_project(session, caller, project_id, "write")
+            feed = Feed(id=new_feed_id(), project_id=project.id, num_messages=0, created_by_client_id=caller.client_id)
             session.add(feed)
             session.flush()
-            add_usage(session, project_id, requests=1)
+            add_usage(session, project.id, requests=1)
             return _describe(feed)
 
     def info(self, caller: Caller, feed_id: str) -> dict[str, Any]:
@@ -92,11 +91,10 @@ class FeedService:
         for index, (body, signature) in enumerate(messages):
             _check_message(feed_id, index, body, signature, caller.client_id)
         with self.db.transaction() as session:
-            feed = _get_feed(session, feed_id)
+            # The feed's row, locked (PostgreSQL; SQLite transactions are serial) before looking for the append
+            # id, so a retry racing its own first attempt waits for it and then finds it.
+            feed = _get_feed(session, feed_id, lock=True)
             projects.require_caller_role(session, feed.project_id, caller, "write")
-            # Lock the feed's row (PostgreSQL; SQLite transactions are serial) before looking for the append id,
-            # so a retry racing its own first attempt waits for it and then finds it.
-            session.scalars(select(Feed.id).where(Feed.id == feed_id).with_for_update()).one()
             earlier = session.scalars(
                 select(FeedMessage.number).where(FeedMessage.feed_id == feed_id, FeedMessage.append_id == append_id)
             ).one_or_none()
@@ -178,8 +176,8 @@ def _check_feed_id(feed_id: str) -> None:
         raise InvalidRequest(f"invalid feed id {feed_id[:80]!r}: expected 32 lowercase hex digits")
 
 
-def _get_feed(session: Session, feed_id: str) -> Feed:
-    feed = session.get(Feed, feed_id)
+def _get_feed(session: Session, feed_id: str, *, lock: bool = False) -> Feed:
+    feed = session.get(Feed, feed_id, with_for_update=lock)
     if feed is None:
         raise NotFound(f"feed {feed_id} does not exist", error_code="feed_not_found")
     return feed

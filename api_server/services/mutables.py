@@ -22,10 +22,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kachery_cloud.errors import InvalidArgumentError
-from kachery_cloud.mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
+from kachery_cloud.mutable_key import (
+    MutableValueTooLargeError,
+    encode_mutable_value,
+    validate_folder_key,
+    validate_mutable_key,
+)
 
 from ..auth import Caller
-from ..db.models import Mutable, Project, now_ms
+from ..db.models import Mutable, now_ms
 from ..db.session import Database
 from ..errors import Conflict, InvalidRequest
 from . import projects
@@ -45,7 +50,7 @@ class MutableService:
     def get(self, caller: Caller, project_id: str | None, key: str) -> dict[str, Any]:
         _check_key(key)
         with self.db.transaction() as session:
-            project = _project(session, caller, project_id, "read")
+            project = projects.caller_project(session, caller, project_id, "read")
             row = session.get(Mutable, (project.id, key))
             add_usage(session, project.id, requests=1)
             if row is None or row.value is None:
@@ -68,7 +73,7 @@ class MutableService:
         self, caller: Caller, project_id: str | None, key: str, data: bytes, expected_version: int | None
     ) -> dict[str, Any]:
         with self.db.transaction() as session:
-            project = _project(session, caller, project_id, "write")
+            project = projects.caller_project(session, caller, project_id, "write")
             row = _locked(session, project.id, key)
             _check_version(key, row, expected_version)
             if row is None:
@@ -81,7 +86,7 @@ class MutableService:
     def delete(self, caller: Caller, project_id: str | None, key: str, expected_version: int | None) -> dict[str, Any]:
         _check_key(key)
         with self.db.transaction() as session:
-            project = _project(session, caller, project_id, "write")
+            project = projects.caller_project(session, caller, project_id, "write")
             row = _locked(session, project.id, key)
             _check_version(key, row, expected_version)
             deleted = row is not None and row.value is not None
@@ -94,7 +99,7 @@ class MutableService:
         """Delete every key under ``folder_key`` in one transaction; returns how many there were."""
         prefix = _folder_prefix(folder_key)
         with self.db.transaction() as session:
-            project = _project(session, caller, project_id, "write")
+            project = projects.caller_project(session, caller, project_id, "write")
             result = session.execute(
                 update(Mutable)
                 .where(Mutable.project_id == project.id, Mutable.value.is_not(None), _under(prefix))
@@ -117,7 +122,7 @@ class MutableService:
         prefix = _folder_prefix(folder_key) if folder_key else None
         limit = max(1, min(limit, MAX_LIST))
         with self.db.transaction() as session:
-            project = _project(session, caller, project_id, "read")
+            project = projects.caller_project(session, caller, project_id, "read")
             # Columns, not rows: a page must not load up to 1000 values of up to 1 MiB each.
             query = select(
                 Mutable.key,
@@ -139,10 +144,6 @@ class MutableService:
             "mutables": [row._asdict() for row in rows],
             "next_after": rows[-1].key if more else None,
         }
-
-
-def _project(session: Session, caller: Caller, project_id: str | None, role: str) -> Project:
-    return projects.require_caller_role(session, projects.caller_project_id(caller, project_id), caller, role)
 
 
 def _locked(session: Session, project_id: str, key: str) -> Mutable | None:
@@ -206,6 +207,7 @@ def _under(prefix: str) -> Any:
 def _encode_value(value: str) -> bytes:
     try:
         return encode_mutable_value(value)
+    except MutableValueTooLargeError as e:
+        raise InvalidRequest(str(e), error_code="value_too_large") from None
     except InvalidArgumentError as e:
-        code = "value_too_large" if "at most" in str(e) else "invalid_request"
-        raise InvalidRequest(str(e), error_code=code) from None
+        raise InvalidRequest(str(e)) from None

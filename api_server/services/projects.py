@@ -144,6 +144,11 @@ def caller_project_id(caller: Caller, project_id: str | None) -> str:
     )
 
 
+def caller_project(session: Session, caller: Caller, project_id: str | None, needed: str) -> Project:
+    """The project named (else the caller's default one), if the caller may act on it with role ``needed``."""
+    return require_caller_role(session, caller_project_id(caller, project_id), caller, needed)
+
+
 def require_caller_role(session: Session, project_id: str, caller: Caller, needed: str) -> Project:
     """:func:`require_role` for a request's caller: a signed but unregistered client that is refused is told to
     register, rather than that an anonymous client is not a member."""
