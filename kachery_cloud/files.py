@@ -33,21 +33,25 @@ def store_file_local(filename: StrPath, label: str | None = None) -> str:
     stored or linked reads nothing (hash memo).
     """
     path, st = regular_file(filename)
-    local = local_directory()
+    return format_uri(copy_into_store(local_directory(), path, st), label)
+
+
+def copy_into_store(local: LocalDirectory, path: Path, st: os.stat_result, *, quiet: bool | None = None) -> str:
+    """Copy the regular file ``path`` (``st``: its stat) into the local store; return its SHA-1."""
     fingerprint = FileFingerprint.of(st)
     remembered = local.hash_memo.get(fingerprint)
-    with progress_bar(st.st_size, f"storing {path.name}") as bar:
+    with progress_bar(st.st_size, f"storing {path.name}", quiet=quiet) as bar:
         if remembered is not None:  # reads nothing unless the blob has been removed from the store
             try:
                 local.blobs.put(remembered, copy_file_into(path), size_hint=st.st_size, on_progress=bar.update)
             except IntegrityError:
                 raise LocalFileError(f"{path} changed while it was being stored; try again") from None
-            return format_uri(remembered, label)
+            return remembered
         sha1 = local.blobs.add(copy_file_into(path), on_progress=bar.update)
     if FileFingerprint.of(os.stat(path)) != fingerprint:
         raise LocalFileError(f"{path} changed while it was being stored; try again once it is complete")
     local.hash_memo.put(fingerprint, sha1, path)
-    return format_uri(sha1, label)
+    return sha1
 
 
 @explain_permission_errors
@@ -209,8 +213,8 @@ def regular_file(filename: StrPath) -> tuple[Path, os.stat_result]:
     return path, st
 
 
-def hash_with_memo(local: LocalDirectory, path: Path, st: os.stat_result) -> str:
-    with progress_bar(st.st_size, f"hashing {path.name}") as bar:
+def hash_with_memo(local: LocalDirectory, path: Path, st: os.stat_result, *, quiet: bool | None = None) -> str:
+    with progress_bar(st.st_size, f"hashing {path.name}", quiet=quiet) as bar:
         return local.hash_memo.hash_file(path, st, bar.update)
 
 

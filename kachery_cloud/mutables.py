@@ -46,9 +46,7 @@ def set_mutable(key: str, value: str, project_id: str | None = None, *, expected
     _check_version(expected_version)
     config = load_config()
     require_writable(config, "set_mutable")
-    body = _body(config, project_id, key=key, value=value)
-    if expected_version is not None:
-        body["expected_version"] = expected_version
+    body = _body(config, project_id, key=key, value=value, expected_version=expected_version)
     # A plain set may be sent twice safely; a compare-and-swap may not (the second would see its own change).
     answer = api_client(config).call("POST", "/api/mutables/set", json_body=body, idempotent=expected_version is None)
     return int(answer["version"])
@@ -86,9 +84,7 @@ def delete_mutable(key: str, project_id: str | None = None, *, expected_version:
     _check_version(expected_version)
     config = load_config()
     require_writable(config, "delete_mutable")
-    body = _body(config, project_id, key=key)
-    if expected_version is not None:
-        body["expected_version"] = expected_version
+    body = _body(config, project_id, key=key, expected_version=expected_version)
     answer = api_client(config).call(
         "POST", "/api/mutables/delete", json_body=body, idempotent=expected_version is None
     )
@@ -146,7 +142,6 @@ def _check_version(expected_version: int | None) -> None:
 @explain_permission_errors
 def set_mutable_local(key: str, value: str) -> None:
     """Set the local mutable ``key`` (for example ``@lab/@exp1/latest``) to the string ``value``."""
-    encode_mutable_value(value, max_bytes=None)  # a file of its own: no size limit
     local_directory().mutables.set(key, value)
 
 

@@ -163,7 +163,7 @@ def _check_numpy_picklable(x: Any, where: str) -> None:
         if x.dtype.hasobject:
             raise SerializationError(f"{where}: NumPy arrays with dtype=object cannot be stored with store_pkl")
         return
-    if isinstance(x, np.generic) or type(x) is np.dtype or isinstance(x, np.dtype):
+    if isinstance(x, np.generic | np.dtype):
         if isinstance(x, np.generic) and x.dtype.hasobject:
             raise SerializationError(f"{where}: NumPy object scalars cannot be stored with store_pkl")
         return

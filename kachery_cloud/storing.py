@@ -18,8 +18,8 @@ from ._progress import TRANSFER_PROGRESS_MIN_BYTES, progress_bar
 from .api import blobs as blobs_api
 from .config import ClientConfig, load_config
 from .errors import IntegrityError, InvalidArgumentError, QuotaExceededError, ServerError
-from .files import StrPath, hash_with_memo, regular_file, store_file_local
-from .uri import format_uri, parse_uri
+from .files import StrPath, copy_into_store, hash_with_memo, regular_file
+from .uri import format_uri
 
 _ROUNDS = 3  # plan-upload-complete rounds before giving up on blobs the server did not record
 
@@ -57,10 +57,10 @@ def store_files(
     for filename in filenames:
         path, st = regular_file(filename)
         if cache_locally:
-            sha1 = parse_uri(store_file_local(path)).sha1
+            sha1 = copy_into_store(local, path, st, quiet=quiet)
             source = local.blobs.path(sha1)
         else:
-            sha1 = hash_with_memo(local, path, st)  # reads nothing when the memo knows this file version
+            sha1 = hash_with_memo(local, path, st, quiet=quiet)  # reads nothing when the memo knows this file
             source = path
         sources.setdefault(sha1, (source, st.st_size))
         sha1s.append(sha1)
@@ -75,7 +75,7 @@ def upload_blobs(config: ClientConfig, sources: dict[str, tuple[Path, int]], *, 
     api = api_client(config)
     pending = dict(sources)
     for _round in range(_ROUNDS):
-        _project, plans = blobs_api.need(api, config.project, [(sha1, size) for sha1, (_, size) in pending.items()])
+        plans = blobs_api.need(api, config.project, [(sha1, size) for sha1, (_, size) in pending.items()])
         to_send = [plan for plan in plans if not plan.exists]
         if not to_send:
             return

@@ -1,1 +1,1 @@
-"""Layer 5 (api client) and, from the cloud store/load on, layer 6 (transfers)."""
+"""Layer 5: the API client and the typed calls of its endpoints (transfers are layer 6, in ``transfer/``)."""

@@ -49,9 +49,8 @@ class FoundBlob:
     url: str
 
 
-def need(api: ApiClient, project_id: str | None, blobs: list[tuple[str, int]]) -> tuple[str | None, list[UploadPlan]]:
-    """Ask which of ``blobs`` (sha1, size) the project lacks; returns the project used and one plan per blob."""
-    used_project = project_id
+def need(api: ApiClient, project_id: str | None, blobs: list[tuple[str, int]]) -> list[UploadPlan]:
+    """Ask which of ``blobs`` (sha1, size) the project lacks; returns one plan per blob."""
     plans: list[UploadPlan] = []
     for batch in _batches(blobs):
         sizes = dict(batch)
@@ -59,10 +58,9 @@ def need(api: ApiClient, project_id: str | None, blobs: list[tuple[str, int]]) -
         if project_id:
             body["project_id"] = project_id
         answer = api.call("POST", "/api/blobs/need", json_body=body, idempotent=True)
-        used_project = answer["project_id"]
         for item in answer["results"]:
             plans.append(_plan(item, sizes[item["sha1"]]))
-    return used_project, plans
+    return plans
 
 
 def upload_urls(api: ApiClient, plan: UploadPlan, part_numbers: list[int]) -> None:

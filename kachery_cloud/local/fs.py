@@ -174,27 +174,26 @@ def remove_stale_temp_files(directory: Path) -> None:
             _remove_if_abandoned(directory / name)
 
 
-def _remove_if_abandoned(path: Path) -> bool:
+def _remove_if_abandoned(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
-        return False  # gone already, or not ours to read
+        return  # gone already, or not ours to read
     try:
         st = os.fstat(fd)
         age = time.time() - st.st_mtime
         if not stat.S_ISREG(st.st_mode):
-            return False  # a directory being built by Permissions.make_dirs
+            return  # a directory being built by Permissions.make_dirs
         locked = _try_lock(fd, shared=True)
         if locked is False:
-            return False  # a live writer holds it
+            return  # a live writer holds it
         if locked is None and age < _UNLOCKABLE_TEMP_MAX_AGE_SECONDS:
-            return False
+            return
         if st.st_size == 0 and age < _FRESH_EMPTY_TEMP_SECONDS:
-            return False
+            return
         os.unlink(path)
-        return True
     except OSError:
-        return False
+        pass
     finally:
         os.close(fd)
 

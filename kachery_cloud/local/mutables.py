@@ -12,7 +12,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from ..mutable_key import validate_folder_key, validate_mutable_key
+from ..mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
 from .fs import TEMP_SUFFIX, Permissions, atomic_write
 
 
@@ -32,8 +32,9 @@ class LocalMutables:
 
     def set(self, key: str, value: str) -> None:
         path = self.directory.joinpath(*validate_mutable_key(key))
+        data = encode_mutable_value(value, max_bytes=None)  # a file of its own: no size limit
         with atomic_write(path, self.perms, durable=True) as f:
-            f.write(value.encode("utf-8"))
+            f.write(data)
 
     def delete(self, key: str) -> bool:
         """Delete ``key``; return whether it existed."""

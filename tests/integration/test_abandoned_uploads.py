@@ -36,7 +36,7 @@ def test_an_abandoned_multipart_upload_is_aborted_and_its_parts_removed(short_li
     data = os.urandom(11 * MIB)
     sha1 = hashlib.sha1(data).hexdigest()
     api = api_client()
-    _project, [plan] = blobs_api.need(api, None, [(sha1, len(data))])
+    [plan] = blobs_api.need(api, None, [(sha1, len(data))])
     assert plan.method == "multipart"
     assert requests.put(plan.part_urls[1], data=data[: 5 * MIB], timeout=30).status_code == 200
     s3, bucket = short_lived_uploads.s3_client()

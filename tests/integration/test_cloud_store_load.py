@@ -122,7 +122,7 @@ def test_a_multipart_upload_fetches_part_urls_in_batches(cloud_client: RunningSe
     data = data_file.read_bytes()
     sha1 = hashlib.sha1(data).hexdigest()
     api = api_client()
-    _project, [plan] = blobs_api.need(api, None, [(sha1, len(data))])
+    [plan] = blobs_api.need(api, None, [(sha1, len(data))])
     assert plan.method == "multipart" and plan.num_parts == 4 and plan.part_size == 5 * MIB
     plan.part_urls.clear()  # as for a blob with more parts than the first answer carries
     sent = upload_files(api, [plan], {sha1: data_file}, lambda n: None)
@@ -136,7 +136,7 @@ def test_completing_one_upload_twice_at_once_keeps_the_blob(cloud_client: Runnin
     data = os.urandom(12 * MIB)
     sha1 = hashlib.sha1(data).hexdigest()
     api = api_client()
-    _project, [plan] = blobs_api.need(api, None, [(sha1, len(data))])
+    [plan] = blobs_api.need(api, None, [(sha1, len(data))])
     parts = []
     for n in range(1, plan.num_parts + 1):
         start, length = plan.part_range(n)
@@ -157,7 +157,7 @@ def test_content_that_does_not_match_its_hash_is_never_served(cloud_client: Runn
         claimed = os.urandom(size)
         sha1 = hashlib.sha1(claimed).hexdigest()
         other = os.urandom(size)
-        _project, [plan] = blobs_api.need(api, None, [(sha1, size)])
+        [plan] = blobs_api.need(api, None, [(sha1, size)])
         parts = None
         if plan.method == "put":
             refused = requests.put(plan.url, data=other, headers=plan.headers, timeout=30)
@@ -173,7 +173,7 @@ def test_content_that_does_not_match_its_hash_is_never_served(cloud_client: Runn
         assert result.status == ("not_uploaded" if plan.method == "put" else "mismatch")
         found, _ = blobs_api.find(api, [sha1], None)
         assert sha1 not in found
-        assert not blobs_api.need(api, None, [(sha1, size)])[1][0].exists
+        assert not blobs_api.need(api, None, [(sha1, size)])[0].exists
     s3, bucket = cloud_client.s3_client()
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="projects/default/").get("Contents", [])]
     assert not any(sha1 in key for key in keys)  # the wrong bytes were deleted
@@ -206,7 +206,7 @@ def test_tampered_and_expired_urls_are_refused_by_the_store_and_refreshed_by_the
     # An upload whose URL was tampered with gets a fresh one from the server.
     data_file = random_file(tmp_path / "up.bin", 7 * MIB)
     sha1 = hashlib.sha1(data_file.read_bytes()).hexdigest()
-    _project, [plan] = blobs_api.need(api, None, [(sha1, 7 * MIB)])
+    [plan] = blobs_api.need(api, None, [(sha1, 7 * MIB)])
     plan.part_urls = {n: u.replace("X-Amz-Signature=", "X-Amz-Signature=00") for n, u in plan.part_urls.items()}
     sent = upload_files(api, [plan], {sha1: data_file}, lambda n: None)
     assert [r.status for r in blobs_api.complete(api, sent)] == ["stored"]
