@@ -177,7 +177,8 @@ class ApiClient:
         except (ValueError, AttributeError):
             message = response.text[:200].strip()
         message = message or f"HTTP {response.status_code}"
-        cls = _ERROR_CLASSES.get(code, ServerError)
+        # Any other refusal (403) is a permission error too, whatever its code.
+        cls = _ERROR_CLASSES.get(code) or (PermissionDeniedError if response.status_code == 403 else ServerError)
         if cls is NotRegisteredError:
             client = self.identity.client_id if self.identity else "(none)"
             message = (
