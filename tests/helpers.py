@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pytest
 
+    from kachery_cloud.identity import ClientIdentity
+
     from .servers import RunningServer
 
 
@@ -65,3 +67,20 @@ def act_as(server: RunningServer, monkeypatch: pytest.MonkeyPatch, email: str) -
         name, _, value = line.partition("=")
         monkeypatch.setenv(name, value)
     forget_clients()
+
+
+BIN = Path(sys.executable).parent  # where the package's commands are installed
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run an installed command (``kachery-cloud``, ``kachery-cloud-store`` ...) as a user would."""
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, input=stdin, timeout=timeout)
+
+
+def new_identity() -> ClientIdentity:
+    """A fresh client key pair that no server knows."""
+    from kachery_cloud.identity import ClientIdentity
+    from kachery_cloud.keys import client_id_of, generate_private_key
+
+    key = generate_private_key()
+    return ClientIdentity(client_id=client_id_of(key), private_key=key)

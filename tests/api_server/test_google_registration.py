@@ -21,6 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+import kachery_cloud as kcl
+from kachery_cloud.api.client import ApiClient
+
+from ..helpers import new_identity
 from ..servers import PostgresDatabases, RunningServer, clean_env, start_server
 
 GOOGLE_CLIENT_ID = "1234-test.apps.googleusercontent.com"
@@ -245,7 +249,7 @@ def test_a_token_signed_by_another_key_is_refused(
 
 
 def test_unknown_registration_links_and_foreign_polls_are_refused(
-    google_server: RunningServer, google_keys: tuple[FakeGoogleKeys, str]
+    google_server: RunningServer, google_keys: tuple[FakeGoogleKeys, str], tmp_path: Path
 ) -> None:
     keys, _ = google_keys
     page = requests.get(f"{google_server.url}/register/no-such-registration")
@@ -258,6 +262,16 @@ def test_unknown_registration_links_and_foreign_polls_are_refused(
     assert answer.json()["error_code"] == "registration_not_found"
     poll = requests.get(f"{google_server.url}/api/registrations/no-such-registration")
     assert poll.status_code == 404
+
+    init, link, _code = start_init(google_server, tmp_path)
+    try:
+        registration_id = link.rsplit("/", 1)[1]
+        with pytest.raises(kcl.PermissionDeniedError) as refused:
+            ApiClient(google_server.url, new_identity()).call("GET", f"/api/registrations/{registration_id}")
+        assert refused.value.error_code == "not_your_registration"
+    finally:
+        init.process.kill()
+        init.process.wait()
 
 
 def test_an_email_owned_by_another_google_account_is_a_conflict(

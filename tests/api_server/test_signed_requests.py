@@ -11,7 +11,6 @@ import requests
 
 import kachery_cloud as kcl
 from kachery_cloud.identity import ClientIdentity
-from kachery_cloud.keys import client_id_of, generate_private_key
 from kachery_cloud.request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
@@ -21,12 +20,8 @@ from kachery_cloud.request_signing import (
     signing_message,
 )
 
+from ..helpers import new_identity
 from ..servers import RunningServer
-
-
-def new_identity() -> ClientIdentity:
-    key = generate_private_key()
-    return ClientIdentity(client_id=client_id_of(key), private_key=key)
 
 
 def signed(
@@ -52,9 +47,8 @@ def signed(
 
 
 @pytest.fixture
-def registered(connected: RunningServer) -> ClientIdentity:
-    """A client registered (local mode) through kcl.init, and its identity."""
-    kcl.init(quiet=True)
+def identity(registered: RunningServer) -> ClientIdentity:
+    """The identity of this test's client, registered (local mode) through kcl.init by the ``registered`` fixture."""
     from kachery_cloud.config import load_config
     from kachery_cloud.identity import load_identity
 
@@ -68,10 +62,10 @@ def error_code(response: requests.Response) -> str:
     return response.json()["error_code"]
 
 
-def test_a_correctly_signed_request_is_accepted(connected: RunningServer, registered: ClientIdentity) -> None:
-    response = requests.get(f"{connected.url}/api/clients/me", headers=signed(registered, "GET", "/api/clients/me"))
+def test_a_correctly_signed_request_is_accepted(connected: RunningServer, identity: ClientIdentity) -> None:
+    response = requests.get(f"{connected.url}/api/clients/me", headers=signed(identity, "GET", "/api/clients/me"))
     assert response.status_code == 200, response.text
-    assert response.json()["client_id"] == registered.client_id
+    assert response.json()["client_id"] == identity.client_id
 
 
 def test_unsigned_request_to_a_private_endpoint_is_refused(connected: RunningServer) -> None:
@@ -80,8 +74,8 @@ def test_unsigned_request_to_a_private_endpoint_is_refused(connected: RunningSer
     assert error_code(response) == "missing_signature"
 
 
-def test_partial_signature_headers_are_refused(connected: RunningServer, registered: ClientIdentity) -> None:
-    headers = signed(registered, "GET", "/api/clients/me")
+def test_partial_signature_headers_are_refused(connected: RunningServer, identity: ClientIdentity) -> None:
+    headers = signed(identity, "GET", "/api/clients/me")
     del headers[HEADER_NONCE]
     response = requests.get(f"{connected.url}/api/clients/me", headers=headers)
     assert response.status_code == 401
@@ -99,17 +93,17 @@ def test_partial_signature_headers_are_refused(connected: RunningServer, registe
     ids=["other-method", "other-path", "other-body"],
 )
 def test_signature_over_different_content_is_refused(
-    connected: RunningServer, registered: ClientIdentity, forgery: dict
+    connected: RunningServer, identity: ClientIdentity, forgery: dict
 ) -> None:
     response = requests.get(
-        f"{connected.url}/api/clients/me", headers=signed(registered, "GET", "/api/clients/me", **forgery)
+        f"{connected.url}/api/clients/me", headers=signed(identity, "GET", "/api/clients/me", **forgery)
     )
     assert response.status_code == 401
     assert error_code(response) == "bad_signature"
 
 
-def test_tampered_signature_bits_are_refused(connected: RunningServer, registered: ClientIdentity) -> None:
-    headers = signed(registered, "GET", "/api/clients/me")
+def test_tampered_signature_bits_are_refused(connected: RunningServer, identity: ClientIdentity) -> None:
+    headers = signed(identity, "GET", "/api/clients/me")
     sig = headers[HEADER_SIGNATURE]
     headers[HEADER_SIGNATURE] = sig[:-1] + ("0" if sig[-1] != "0" else "1")
     response = requests.get(f"{connected.url}/api/clients/me", headers=headers)
@@ -117,11 +111,11 @@ def test_tampered_signature_bits_are_refused(connected: RunningServer, registere
     assert error_code(response) == "bad_signature"
 
 
-def test_query_string_is_part_of_the_signature(connected: RunningServer, registered: ClientIdentity) -> None:
-    headers = signed(registered, "GET", "/api/projects/default?x=1")
+def test_query_string_is_part_of_the_signature(connected: RunningServer, identity: ClientIdentity) -> None:
+    headers = signed(identity, "GET", "/api/projects/default?x=1")
     ok = requests.get(f"{connected.url}/api/projects/default?x=1", headers=headers)
     assert ok.status_code == 200, ok.text
-    headers = signed(registered, "GET", "/api/projects/default?x=1")
+    headers = signed(identity, "GET", "/api/projects/default?x=1")
     moved = requests.get(f"{connected.url}/api/projects/default?x=2", headers=headers)
     assert moved.status_code == 401
     assert error_code(moved) == "bad_signature"
@@ -129,28 +123,28 @@ def test_query_string_is_part_of_the_signature(connected: RunningServer, registe
 
 @pytest.mark.parametrize("offset_sec", [-61, 61, -3600])
 def test_timestamp_outside_the_window_is_refused(
-    connected: RunningServer, registered: ClientIdentity, offset_sec: int
+    connected: RunningServer, identity: ClientIdentity, offset_sec: int
 ) -> None:
     stale = int((time.time() + offset_sec) * 1000)
     response = requests.get(
-        f"{connected.url}/api/clients/me", headers=signed(registered, "GET", "/api/clients/me", timestamp_ms=stale)
+        f"{connected.url}/api/clients/me", headers=signed(identity, "GET", "/api/clients/me", timestamp_ms=stale)
     )
     assert response.status_code == 401
     assert error_code(response) == "stale_timestamp"
     assert "clock" in response.json()["message"]
 
 
-def test_timestamp_inside_the_window_is_accepted(connected: RunningServer, registered: ClientIdentity) -> None:
+def test_timestamp_inside_the_window_is_accepted(connected: RunningServer, identity: ClientIdentity) -> None:
     slightly_off = int((time.time() - 50) * 1000)
     response = requests.get(
         f"{connected.url}/api/clients/me",
-        headers=signed(registered, "GET", "/api/clients/me", timestamp_ms=slightly_off),
+        headers=signed(identity, "GET", "/api/clients/me", timestamp_ms=slightly_off),
     )
     assert response.status_code == 200, response.text
 
 
-def test_replayed_request_is_refused(connected: RunningServer, registered: ClientIdentity) -> None:
-    headers = signed(registered, "GET", "/api/clients/me")
+def test_replayed_request_is_refused(connected: RunningServer, identity: ClientIdentity) -> None:
+    headers = signed(identity, "GET", "/api/clients/me")
     first = requests.get(f"{connected.url}/api/clients/me", headers=headers)
     assert first.status_code == 200
     replay = requests.get(f"{connected.url}/api/clients/me", headers=headers)
@@ -158,12 +152,12 @@ def test_replayed_request_is_refused(connected: RunningServer, registered: Clien
     assert error_code(replay) == "replayed_nonce"
 
 
-def test_a_nonce_is_per_client(connected: RunningServer, registered: ClientIdentity) -> None:
+def test_a_nonce_is_per_client(connected: RunningServer, identity: ClientIdentity) -> None:
     # Another client may (by chance) use the same nonce: that is not a replay.
     other = new_identity()
     nonce = "ab" * 16
     mine = requests.get(
-        f"{connected.url}/api/clients/me", headers=signed(registered, "GET", "/api/clients/me", nonce=nonce)
+        f"{connected.url}/api/clients/me", headers=signed(identity, "GET", "/api/clients/me", nonce=nonce)
     )
     assert mine.status_code == 200
     theirs = requests.get(
@@ -172,17 +166,17 @@ def test_a_nonce_is_per_client(connected: RunningServer, registered: ClientIdent
     assert error_code(theirs) == "client_not_registered"
 
 
-def test_signing_for_another_client_id_is_refused(connected: RunningServer, registered: ClientIdentity) -> None:
+def test_signing_for_another_client_id_is_refused(connected: RunningServer, identity: ClientIdentity) -> None:
     attacker = new_identity()
     # The attacker signs with its own key but claims the registered client's id.
-    headers = signed(attacker, "GET", "/api/clients/me", client_id=registered.client_id)
+    headers = signed(attacker, "GET", "/api/clients/me", client_id=identity.client_id)
     response = requests.get(f"{connected.url}/api/clients/me", headers=headers)
     assert response.status_code == 401
     assert error_code(response) == "bad_signature"
 
 
-def test_malformed_headers_are_refused(connected: RunningServer, registered: ClientIdentity) -> None:
-    headers = signed(registered, "GET", "/api/clients/me")
+def test_malformed_headers_are_refused(connected: RunningServer, identity: ClientIdentity) -> None:
+    headers = signed(identity, "GET", "/api/clients/me")
     headers[HEADER_CLIENT_ID] = "not-hex"
     response = requests.get(f"{connected.url}/api/clients/me", headers=headers)
     assert response.status_code == 401
@@ -204,8 +198,8 @@ def test_registration_without_the_private_key_is_refused(connected: RunningServe
     assert victim.client_id not in listed
 
 
-def test_a_removed_client_is_no_longer_accepted(connected: RunningServer, registered: ClientIdentity) -> None:
-    connected.admin("remove-client", registered.client_id)
+def test_a_removed_client_is_no_longer_accepted(connected: RunningServer, identity: ClientIdentity) -> None:
+    connected.admin("remove-client", identity.client_id)
     with pytest.raises(kcl.NotRegisteredError, match="kachery-cloud-init"):
         kcl.get_client_info()
 

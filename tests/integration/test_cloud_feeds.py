@@ -18,10 +18,8 @@ import kachery_cloud as kcl
 from kachery_cloud._connection import api_client
 from kachery_cloud.feed_format import MAX_MESSAGE_BYTES, MAX_MESSAGES_PER_APPEND, signed_bytes
 
-from ..helpers import act_as, switch_client
+from ..helpers import BIN, act_as, run_cli, switch_client
 from ..servers import PostgresDatabases, RunningServer, start_server
-
-BIN = Path(sys.executable).parent
 
 
 def test_create_append_load_and_read_back(registered: RunningServer) -> None:
@@ -239,7 +237,7 @@ def test_an_empty_wait_returns_after_its_timeout(registered: RunningServer) -> N
     feed = kcl.create_feed()
     started = time.monotonic()
     assert feed.get_next_messages(timeout_sec=1.5) == []
-    assert time.monotonic() - started >= 1.4
+    assert 1.4 <= time.monotonic() - started < 10
 
 
 def test_reading_needs_read_access_and_appending_needs_write_access(
@@ -295,9 +293,7 @@ def test_reading_needs_read_access_and_appending_needs_write_access(
 
 def test_cli_feed_create_append_read_and_follow(registered: RunningServer) -> None:
     def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "kachery-cloud"), "feed", *args], capture_output=True, text=True, input=stdin, timeout=60
-        )
+        return run_cli("kachery-cloud", "feed", *args, stdin=stdin)
 
     uri = run("create").stdout.strip()
     assert uri.startswith("kachery-feed://")

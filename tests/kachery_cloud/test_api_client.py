@@ -14,10 +14,9 @@ import pytest
 
 import kachery_cloud as kcl
 from kachery_cloud.api.client import ApiClient
-from kachery_cloud.identity import ClientIdentity
-from kachery_cloud.keys import client_id_of, generate_private_key
 from kachery_cloud.request_signing import HEADER_NONCE
 
+from ..helpers import new_identity
 from ..servers import free_port
 
 
@@ -61,18 +60,13 @@ def fake() -> Iterator[tuple[str, Script]]:
     httpd.shutdown()
 
 
-def identity() -> ClientIdentity:
-    key = generate_private_key()
-    return ClientIdentity(client_id=client_id_of(key), private_key=key)
-
-
 def test_503_is_retried_with_a_fresh_signature_and_retry_after_is_honoured(fake: tuple[str, Script]) -> None:
     url, script = fake
     script.responses = [
         (503, {"error_code": "unavailable", "message": "busy"}, {"Retry-After": "1"}),
         (200, {"ok": True}, {}),
     ]
-    client = ApiClient(url, identity())
+    client = ApiClient(url, new_identity())
     started = time.monotonic()
     assert client.call("POST", "/api/x", json_body={"a": 1}, idempotent=False) == {"ok": True}
     assert time.monotonic() - started >= 1.0
@@ -83,7 +77,7 @@ def test_503_is_retried_with_a_fresh_signature_and_retry_after_is_honoured(fake:
 def test_429_is_retried_then_reported(fake: tuple[str, Script]) -> None:
     url, script = fake
     script.responses = [(429, {"error_code": "rate_limited", "message": "slow down"}, {"Retry-After": "0"})]
-    client = ApiClient(url, identity(), max_attempts=3)
+    client = ApiClient(url, new_identity(), max_attempts=3)
     with pytest.raises(kcl.RateLimitedError, match="slow down"):
         client.call("GET", "/api/x")
     assert len(script.requests) == 3
@@ -92,7 +86,7 @@ def test_429_is_retried_then_reported(fake: tuple[str, Script]) -> None:
 def test_500_is_retried_only_for_idempotent_calls(fake: tuple[str, Script]) -> None:
     url, script = fake
     script.responses = [(500, {"error_code": "internal_error", "message": "boom"}, {})]
-    client = ApiClient(url, identity(), max_attempts=3)
+    client = ApiClient(url, new_identity(), max_attempts=3)
     with pytest.raises(kcl.ServerError, match="boom") as error:
         client.call("POST", "/api/append", json_body={}, idempotent=False)
     assert error.value.error_code == "internal_error" and error.value.status == 500
@@ -118,14 +112,14 @@ def test_error_codes_map_to_exceptions_with_actionable_messages(
     messages = {"not_a_member": "alice is not a member of project p", "stale_timestamp": "check this machine's clock"}
     script.responses = [(status, {"error_code": code, "message": messages.get(code, "no such project")}, {})]
     with pytest.raises(cls, match=text) as error:
-        ApiClient(url, identity()).call("GET", "/api/x")
+        ApiClient(url, new_identity()).call("GET", "/api/x")
     assert error.value.error_code == code
     assert len(script.requests) == 1  # 4xx are not retried
 
 
 def test_an_unreachable_server_names_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    client = ApiClient(url, identity(), max_attempts=2)
+    client = ApiClient(url, new_identity(), max_attempts=2)
     with pytest.raises(kcl.ServerUnreachableError, match=url) as error:
         client.call("GET", "/api/health")
     assert isinstance(error.value, ConnectionError)
@@ -159,7 +153,7 @@ def test_a_server_that_never_answers_is_reported_after_retries() -> None:
 
         threading.Thread(target=accept_all, daemon=True).start()
         port = silent.getsockname()[1]
-        stuck = ApiClient(f"http://127.0.0.1:{port}", identity(), timeout=(1.0, 0.3), max_attempts=2)
+        stuck = ApiClient(f"http://127.0.0.1:{port}", new_identity(), timeout=(1.0, 0.3), max_attempts=2)
         with pytest.raises(kcl.ServerUnreachableError, match="did not answer"):
             stuck.call("GET", "/api/x")
         assert len(accepted) == 2  # a GET is safe to repeat: it was sent twice before giving up

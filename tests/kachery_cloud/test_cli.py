@@ -3,16 +3,12 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-
-
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, input=stdin, timeout=60)
+from ..helpers import BIN
+from ..helpers import run_cli as run
 
 
 def test_store_local_load_cat_and_load_info(tmp_path: Path, kachery_dir: Path) -> None:
