@@ -11,7 +11,7 @@
     ├── NotFoundError                (FileNotFoundError) content that is not available
     ├── IntegrityError               bytes whose SHA-1 is not the one they were stored under
     ├── EphemeralModeError           (PermissionError) a write from a client in read-only ephemeral mode
-    ├── NotConnectedError            an operation that needs an API server, and none is configured
+    ├── NotConnectedError            could not talk to the API server (base of ServerUnreachableError)
     │   └── ServerUnreachableError   (ConnectionError) the API server did not answer (the URL is in the message)
     └── ServerError                  the API server refused or failed a request (``error_code``, ``status``)
         ├── AuthenticationError      the server did not accept this client's signature, clock or nonce
