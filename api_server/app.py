@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .context import ServerContext
 from .errors import ApiError
-from .routes import blobs, clients, feeds, health, mutables, projects
+from .routes import blobs, clients, feeds, health, mutables, projects, tasks
 from .web import pages
 
 log = logging.getLogger("kachery_cloud_server")
@@ -43,6 +43,7 @@ def create_app(context: ServerContext) -> FastAPI:
         blobs.router,
         mutables.router,
         feeds.router,
+        tasks.router,
         pages.router,
     ):
         app.include_router(router)
@@ -104,10 +105,10 @@ def _sweep_uploads(context: ServerContext, stop: threading.Event) -> None:
 
 
 MAX_BODY_BYTES = 1 << 20  # API bodies are small JSON; blob bytes never come here
-# Except these: a mutable value (1 MiB, which JSON escaping can make 6 MiB) and a feed append (4 MiB of
-# messages, which escaping inside JSON strings can double).
+# Except these: a mutable value (1 MiB, which JSON escaping can make 6 MiB), a feed append (4 MiB of
+# messages, which escaping inside JSON strings can double) and a task request (1 MiB of input as JSON).
 LARGE_BODY_BYTES = 16 << 20
-_LARGE_BODY_PATHS = re.compile(r"^/api/(mutables/set|feeds/[^/]+/messages)$")
+_LARGE_BODY_PATHS = re.compile(r"^/api/(mutables/set|feeds/[^/]+/messages|tasks/request)$")
 
 
 class _RequestGuard:

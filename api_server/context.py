@@ -11,6 +11,7 @@ from .google_tokens import GoogleTokenVerifier
 from .services.blobs import BlobService
 from .services.feeds import FeedService
 from .services.mutables import MutableService
+from .services.tasks import TaskService
 from .settings import Settings
 from .storage import Storage
 from .wakeups import Wakeups
@@ -26,6 +27,7 @@ class ServerContext:
     blobs: BlobService
     mutables: MutableService
     feeds: FeedService
+    tasks: TaskService
     wakeups: Wakeups
 
     @classmethod
@@ -46,6 +48,7 @@ class ServerContext:
             blobs=BlobService(db, storage, settings),
             mutables=MutableService(db),
             feeds=FeedService(db, wakeups),
+            tasks=TaskService(db, wakeups, settings),
             wakeups=wakeups,
         )
 

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     # auto: trust the store's own SHA-1 check where the start-up probe shows it enforces one, re-hash
     # otherwise; rehash: always re-hash uploads on the server.
     verify_uploads: Literal["auto", "rehash"] = "auto"
+    # A worker holds a task for this long and renews the lease every third of it while the task runs; a worker
+    # that stops renewing (killed, cut off) loses the task, which goes to another worker.
+    task_lease_sec: int = Field(30, ge=1, le=3600)
+    # A task whose worker was lost this many times ends in error instead of being handed out again.
+    task_max_attempts: int = Field(3, ge=1, le=100)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod

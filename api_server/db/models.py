@@ -80,6 +80,9 @@ class Project(Base):
     public_read: Mapped[bool] = mapped_column(Boolean, default=False)
     storage_quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
     created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    # The role a client needs to request tasks that do not exist yet: "write" (default) or "read" (anyone who
+    # may read the project; on a public project, any registered client). Running tasks always needs "write".
+    task_request_role: Mapped[str] = mapped_column(String(16), default="write", server_default="write")
 
 
 class Membership(Base):
@@ -216,3 +219,45 @@ class FeedMessage(Base):
     appended_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     # Set on the first message of each append only: a retried append finds it and is not applied twice.
     append_id: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- tasks (migration 0005) ---
+
+
+class Task(Base):
+    """A task of a project: a calculation (its id is the job id, the hash of its name and input, so a finished
+    one is found again) or an action (a random id chosen by its requester).
+
+    States: pending → running (claimed by one worker under a lease it renews) → finished | error; pending or
+    running → cancelled. A running task whose lease ran out goes back to pending (or to error once
+    ``attempts`` reaches ``max_attempts``). ``claim_id`` names the current claim: a worker that lost its
+    claim can neither renew nor complete it. ``status_version`` rises on every change a requester may wait for.
+    """
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'running', 'finished', 'error', 'cancelled')", name="state"),
+        CheckConstraint("task_type IN ('calculation', 'action')", name="task_type"),
+        Index("ix_tasks_queue", "project_id", "state", "created_at_ms"),
+    )
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    task_type: Mapped[str] = mapped_column(String(16))
+    task_name: Mapped[str] = mapped_column(String(255))
+    input: Mapped[str] = mapped_column(Text)  # canonical JSON
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    requested_by_client_id: Mapped[str] = mapped_column(String(64))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    status_version: Mapped[int] = mapped_column(Integer, default=1)
+    claim_id: Mapped[str | None] = mapped_column(String(32))
+    worker_id: Mapped[str | None] = mapped_column(String(32))  # one TaskBackend.run of a worker client
+    worker_client_id: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    progress: Mapped[str | None] = mapped_column(Text)
+    result_sha1: Mapped[str | None] = mapped_column(String(40))
+    result_size: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(Text)
