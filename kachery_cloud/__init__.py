@@ -26,6 +26,8 @@ from .errors import (
     SerializationError,
     ServerError,
     ServerUnreachableError,
+    TaskError,
+    TaskTimeout,
     UnsafePickleError,
     VersionConflictError,
 )
@@ -60,6 +62,8 @@ from .objects import (
 )
 from .registration import get_client_id, get_client_info, get_project_id, init
 from .storing import store_file, store_files
+from .task_backend import TaskBackend, report_task_progress
+from .tasks import TaskClient, TaskStatus, request_task
 
 
 def get_kachery_cloud_dir() -> str:
@@ -96,6 +100,11 @@ __all__ = [
     "SerializationError",
     "ServerError",
     "ServerUnreachableError",
+    "TaskBackend",
+    "TaskClient",
+    "TaskError",
+    "TaskStatus",
+    "TaskTimeout",
     "UnsafePickleError",
     "VersionConflictError",
     "__version__",
@@ -124,6 +133,8 @@ __all__ = [
     "load_npy",
     "load_pkl",
     "load_text",
+    "report_task_progress",
+    "request_task",
     "set_mutable",
     "set_mutable_local",
     "store_file",

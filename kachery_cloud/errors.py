@@ -11,6 +11,8 @@
     ├── NotFoundError                (FileNotFoundError) content that is not available
     ├── IntegrityError               bytes whose SHA-1 is not the one they were stored under
     ├── EphemeralModeError           (PermissionError) a write from a client in read-only ephemeral mode
+    ├── TaskError                    a requested task failed or was cancelled (the worker's message)
+    ├── TaskTimeout                  (TimeoutError) a requested task did not end within timeout_sec
     ├── NotConnectedError            could not talk to the API server (base of ServerUnreachableError)
     │   └── ServerUnreachableError   (ConnectionError) the API server did not answer (the URL is in the message)
     └── ServerError                  the API server refused or failed a request (``error_code``, ``status``)
@@ -70,6 +72,29 @@ class IntegrityError(KacheryCloudError):
 
 class EphemeralModeError(KacheryCloudError, PermissionError):
     """A write was attempted in ephemeral mode (``KACHERY_CLOUD_EPHEMERAL``), where the client is read-only."""
+
+
+class TaskError(KacheryCloudError):
+    """A requested task ended without a result: its function raised (the message holds the worker's traceback),
+    its workers were lost too often, or it was cancelled. ``task_id``, ``task_name`` and ``state`` ("error" or
+    "cancelled") say which and how."""
+
+    def __init__(self, message: str, *, task_id: str = "", task_name: str = "", state: str = "error") -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task_name = task_name
+        self.state = state
+
+
+class TaskTimeout(KacheryCloudError, TimeoutError):
+    """A requested task did not end within ``timeout_sec``. The task itself goes on (``task_id`` names it): ask
+    again later, or cancel it."""
+
+    def __init__(self, message: str, *, task_id: str = "", task_name: str = "", state: str = "pending") -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task_name = task_name
+        self.state = state
 
 
 class NotConnectedError(KacheryCloudError):

@@ -8,6 +8,7 @@ from .feeds import feed
 from .files import cat, link, load, load_info, store, store_local
 from .identity import info, init
 from .mutables import mutable
+from .tasks import task
 
 
 @click.group()
@@ -16,7 +17,20 @@ def main() -> None:
     """Share scientific data by content hash."""
 
 
-for _command in (store, store_local, load, cat, link, load_info, init, info, mutable, feed):
+for _command in (store, store_local, load, cat, link, load_info, init, info, mutable, feed, task):
     main.add_command(_command)
 
-__all__ = ["cat", "feed", "info", "init", "link", "load", "load_info", "main", "mutable", "store", "store_local"]
+__all__ = [
+    "cat",
+    "feed",
+    "info",
+    "init",
+    "link",
+    "load",
+    "load_info",
+    "main",
+    "mutable",
+    "store",
+    "store_local",
+    "task",
+]

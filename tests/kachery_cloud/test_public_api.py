@@ -22,6 +22,8 @@ EXPECTED = {
     "set_mutable_local", "get_mutable_local", "delete_mutable_local", "delete_mutable_folder_local",
     # feeds
     "create_feed", "load_feed", "Feed", "FeedMessage",
+    # tasks
+    "request_task", "TaskClient", "TaskStatus", "TaskBackend", "report_task_progress",
     # configuration and identity
     "get_kachery_cloud_dir", "init", "get_client_id", "get_client_info", "get_project_id",
     # errors
@@ -29,7 +31,7 @@ EXPECTED = {
     "SerializationError", "UnsafePickleError", "LocalFileError", "NotFoundError", "IntegrityError",
     "NotConnectedError", "ServerUnreachableError", "ServerError", "AuthenticationError", "NotRegisteredError",
     "PermissionDeniedError", "RateLimitedError", "EphemeralModeError", "QuotaExceededError",
-    "VersionConflictError",
+    "VersionConflictError", "TaskError", "TaskTimeout",
 }  # fmt: skip
 
 

@@ -1,0 +1,343 @@
+"""Layer 7: workers. A :class:`TaskBackend` claims the tasks it has handlers for from its project, runs them,
+stores each result as a blob of the project and reports it.
+
+- Claims are long-polls: an idle worker is handed a new task the moment it is requested.
+- A claimed task is held under a lease that a background thread renews while the task runs; if this process
+  dies, the lease runs out and the server hands the task to another worker.
+- ``num_workers`` tasks run at once, in threads of this process (NumPy and I/O release the GIL; for CPU-bound
+  pure-Python functions run several worker processes instead).
+- Ctrl-C (or SIGTERM) stops claiming and lets the running tasks finish; a second Ctrl-C hands them back to the
+  server, for another worker, and returns at once. :meth:`TaskBackend.stop` is the first Ctrl-C from code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import secrets
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._connection import api_client, require_writable
+from ._context import local_directory
+from .config import ClientConfig, load_config
+from .errors import InvalidArgumentError, KacheryCloudError, ServerError, ServerUnreachableError
+from .hashing import sha1_of_bytes
+from .storing import upload_cached_blob
+from .task_format import MAX_ERROR_CHARS, MAX_PROGRESS_CHARS, MAX_WAIT_SEC, encode_result, validate_task_name
+
+log = logging.getLogger("kachery_cloud.tasks")
+
+_CLAIM_TIMEOUT_MARGIN_SEC = 30.0  # on top of the claim's long-poll
+_UNREACHABLE_PAUSE_SEC = 2.0  # between attempts to reach a restarting server
+_PROGRESS_MIN_INTERVAL_SEC = 0.25  # progress messages are sent at most this often per worker
+_current = threading.local()  # .reporter: the progress reporter of the task running in this thread
+
+
+def report_task_progress(message: str) -> None:
+    """Inside a task function run by a :class:`TaskBackend`: tell the requester how far the task has come (the
+    latest message wins; at most 1000 characters). Outside one it does nothing, so the function still runs
+    anywhere."""
+    reporter = getattr(_current, "reporter", None)
+    if reporter is not None:
+        reporter(str(message)[:MAX_PROGRESS_CHARS])
+
+
+@dataclass(frozen=True)
+class _Handler:
+    function: Callable[..., Any]
+    extra_kwargs: dict[str, Any]
+
+
+@dataclass
+class _Running:
+    task_id: str
+    task_name: str
+    claim_id: str
+    progress: str | None = None  # not yet sent
+    lost: bool = False  # the server says the claim is gone (cancelled, or handed on)
+    started: float = field(default_factory=time.monotonic)
+
+
+class TaskBackend:
+    """Runs the tasks of a project (default: ``KACHERY_CLOUD_PROJECT``, else your default project) that it has
+    handlers for, ``num_workers`` at a time. Needs write access to the project."""
+
+    def __init__(self, project_id: str | None = None, num_workers: int = 1) -> None:
+        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or not 1 <= num_workers <= 32:
+            raise InvalidArgumentError(f"num_workers must be an int from 1 to 32, not {num_workers!r}")
+        self._project_id = project_id
+        self._num_workers = num_workers
+        self._handlers: dict[tuple[str, str], _Handler] = {}
+        self._running: dict[str, _Running] = {}  # by claim id
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a task ended, or progress waits to be sent
+        self._stopping = threading.Event()  # no more claims
+        self._ended = threading.Event()  # run() has returned: no more lease renewals
+        self._worker_id = ""
+        self._lease_sec = 30.0
+        self._config: ClientConfig | None = None
+        self._project = ""
+
+    def register_task_handler(
+        self,
+        *,
+        task_type: str,
+        task_name: str,
+        task_function: Callable[..., Any],
+        extra_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Run ``task_function(**task_input, **extra_kwargs)`` for tasks of this type and name. It returns
+        JSON-serializable data, NumPy arrays included (kept exact); what it raises becomes the task's error."""
+        if task_type not in ("calculation", "action"):
+            raise InvalidArgumentError(f"task_type must be 'calculation' or 'action', not {task_type!r}")
+        validate_task_name(task_name)
+        if not callable(task_function):
+            raise InvalidArgumentError(f"task_function must be callable, not {type(task_function).__name__}")
+        if extra_kwargs is not None and not isinstance(extra_kwargs, dict):
+            raise InvalidArgumentError("extra_kwargs must be a dict or None")
+        self._handlers[(task_type, task_name)] = _Handler(task_function, dict(extra_kwargs or {}))
+
+    def stop(self) -> None:
+        """Stop claiming tasks; :meth:`run` returns once the running ones have finished. Callable from any thread."""
+        self._stopping.set()
+        if self._config is not None:
+            with contextlib.suppress(KacheryCloudError):
+                self._release(keep_running=True)  # also ends our waiting claim, on the server
+
+    def run(self) -> None:
+        """Serve tasks until Ctrl-C, SIGTERM or :meth:`stop`; see the module's description."""
+        if not self._handlers:
+            raise InvalidArgumentError("register at least one task handler before run()")
+        config = load_config()
+        require_writable(config, "TaskBackend.run")
+        self._worker_id = secrets.token_hex(16)
+        self._project = self._project_id or config.project or ""
+        self._config = config
+        self._stopping.clear()
+        self._ended.clear()
+        heartbeat = threading.Thread(target=self._heartbeats, name="kachery-task-leases", daemon=True)
+        pool = ThreadPoolExecutor(self._num_workers, thread_name_prefix="kachery-task")
+        with _stderr_logging(config), _sigterm_as_interrupt():
+            names = ", ".join(sorted(name for _, name in self._handlers))
+            log.info("worker %s serving %s with %d worker(s)", self._worker_id[:8], names, self._num_workers)
+            heartbeat.start()
+            try:
+                try:
+                    self._serve(pool)
+                except KeyboardInterrupt:
+                    self._stopping.set()
+                self._finish()
+            finally:
+                self._stopping.set()
+                self._ended.set()
+                with self._changed:
+                    self._changed.notify_all()
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------------------------------ claiming
+
+    def _serve(self, pool: ThreadPoolExecutor) -> None:
+        handlers = [{"task_type": t, "task_name": n} for t, n in self._handlers]
+        while not self._stopping.is_set():
+            with self._changed:
+                while len(self._running) >= self._num_workers and not self._stopping.is_set():
+                    self._changed.wait(1.0)
+                free = self._num_workers - len(self._running)
+            if self._stopping.is_set():
+                return
+            wait_ms = MAX_WAIT_SEC * 1000
+            body = {"handlers": handlers, "worker_id": self._worker_id, "max_tasks": free, "wait_ms": wait_ms}
+            try:
+                answer = self._call("POST", "/api/tasks/claim", body, idempotent=False,
+                                    timeout=(10.0, MAX_WAIT_SEC + _CLAIM_TIMEOUT_MARGIN_SEC))  # fmt: skip
+            except ServerUnreachableError as e:
+                log.warning("%s; trying again", e)
+                self._stopping.wait(_UNREACHABLE_PAUSE_SEC)
+                continue
+            self._project = answer["project_id"]
+            self._lease_sec = float(answer["lease_sec"])
+            if self._stopping.is_set():
+                return  # what this claim took is handed back by _finish
+            for task in answer["tasks"]:
+                running = _Running(task["task_id"], task["task_name"], task["claim_id"])
+                with self._lock:
+                    self._running[running.claim_id] = running
+                pool.submit(self._run_one, running, task)
+
+    def _finish(self) -> None:
+        """Hand back what a stopped claim may have taken, then let the running tasks finish; a second Ctrl-C
+        hands those back too."""
+        with contextlib.suppress(KacheryCloudError):
+            self._release(keep_running=True)
+        try:
+            with self._changed:
+                if self._running:
+                    log.info("finishing %d running task(s); press Ctrl-C again to hand them back and stop now",
+                             len(self._running))  # fmt: skip
+                while self._running:
+                    self._changed.wait(1.0)
+        except KeyboardInterrupt:
+            released = self._release(keep_running=False)
+            log.info("handed back %d task(s) for another worker", len(released))
+
+    def _release(self, *, keep_running: bool) -> list[str]:
+        with self._lock:
+            keep = [r.claim_id for r in self._running.values()] if keep_running else []
+        body = {"worker_id": self._worker_id, "keep": keep}
+        return self._call("POST", "/api/tasks/release", body, idempotent=True)["released"]
+
+    # ------------------------------------------------------------------------------------------- running
+
+    def _run_one(self, running: _Running, task: dict[str, Any]) -> None:
+        handler = self._handlers[(task["task_type"], task["task_name"])]
+        label = f"{running.task_name} ({running.task_id[:12]})"
+        _current.reporter = lambda message: self._set_progress(running, message)
+        try:
+            try:
+                result = handler.function(**task["task_input"], **handler.extra_kwargs)
+                data = encode_result(result)
+            except Exception as e:
+                # The traceback from the task function down (the worker's own frame would only be noise).
+                frames = e.__traceback__.tb_next if e.__traceback__ is not None else None
+                outcome = {"error": _error_text("".join(traceback.format_exception(type(e), e, frames)))}
+                log.warning("task %s failed:\n%s", label, outcome["error"])
+            else:
+                try:
+                    outcome = {"result_sha1": self._store_result(data)}
+                except KacheryCloudError as e:
+                    outcome = {"error": f"the worker could not store the result: {e}"}
+                    log.warning("task %s: %s", label, outcome["error"])
+            self._complete(running, label, outcome)
+        except BaseException:
+            log.exception("task %s: the worker failed; its lease will run out and it goes to another worker", label)
+        finally:
+            _current.reporter = None
+            with self._changed:
+                self._running.pop(running.claim_id, None)
+                self._changed.notify_all()
+
+    def _store_result(self, data: bytes) -> str:
+        assert self._config is not None
+        sha1 = sha1_of_bytes(data)
+        local_directory(self._config).blobs.put(sha1, lambda f: f.write(data), size_hint=len(data))
+        upload_cached_blob(dataclasses.replace(self._config, project=self._project), sha1)
+        return sha1
+
+    def _complete(self, running: _Running, label: str, outcome: dict[str, str]) -> None:
+        if running.lost:
+            log.warning("task %s was cancelled or handed to another worker; its outcome is discarded", label)
+            return
+        try:
+            self._call("POST", f"/api/tasks/{running.task_id}/complete", {"claim_id": running.claim_id, **outcome},
+                       idempotent=True)  # fmt: skip
+        except ServerError as e:
+            if e.error_code != "claim_lost":
+                raise
+            log.warning("task %s: %s", label, e)
+            return
+        if "result_sha1" in outcome:
+            log.info("task %s finished in %.2f s", label, time.monotonic() - running.started)
+
+    # ------------------------------------------------------------------------------ leases and progress
+
+    def _set_progress(self, running: _Running, message: str) -> None:
+        with self._changed:
+            running.progress = message
+            self._changed.notify_all()
+
+    def _heartbeats(self) -> None:
+        """Renew every running task's lease every third of the lease, and send progress messages soon after they
+        are reported (at most every 0.25 s)."""
+        last_renewal = time.monotonic()
+        while not self._ended.is_set():
+            with self._changed:
+                self._changed.wait(_PROGRESS_MIN_INTERVAL_SEC)
+                running = list(self._running.values())
+                due = time.monotonic() - last_renewal >= self._lease_sec / 3
+                claims = [
+                    {"task_id": r.task_id, "claim_id": r.claim_id, "progress": r.progress}
+                    for r in running
+                    if due or r.progress is not None
+                ]
+                for r in running:
+                    r.progress = None
+            if not claims:
+                if due:
+                    last_renewal = time.monotonic()
+                continue
+            try:
+                answer = self._call("POST", "/api/tasks/heartbeat", {"claims": claims}, idempotent=True)
+            except KacheryCloudError as e:
+                log.warning("could not renew task leases (%s); trying again", e)
+                continue
+            if due:
+                last_renewal = time.monotonic()
+            lost = set(answer["lost"])
+            for r in running:
+                if r.task_id in lost and not r.lost:
+                    r.lost = True
+                    log.warning("task %s (%s) was cancelled or handed to another worker", r.task_name, r.task_id[:12])
+            time.sleep(_PROGRESS_MIN_INTERVAL_SEC)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        *,
+        idempotent: bool,
+        timeout: tuple[float, float] | None = None,
+    ) -> Any:
+        assert self._config is not None
+        if self._project:
+            body = {"project_id": self._project, **body}
+        return api_client(self._config).call(method, path, json_body=body, idempotent=idempotent, timeout=timeout)
+
+
+def _error_text(text: str) -> str:
+    """A traceback cut to the size the server keeps, keeping its end (where the error is)."""
+    return text if len(text) <= MAX_ERROR_CHARS else "...\n" + text[-(MAX_ERROR_CHARS - 4) :]
+
+
+@contextlib.contextmanager
+def _stderr_logging(config: ClientConfig) -> Iterator[None]:
+    """Show the worker's log on stderr unless the program configured logging itself (or asked for quiet)."""
+    if config.quiet or logging.getLogger().handlers or log.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s kachery-cloud tasks: %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd, docker stop, kill) stops the worker as Ctrl-C does (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
