@@ -59,6 +59,7 @@ from .usage import add_usage
 MAX_LIST = 1000
 MAX_HANDLERS = 100  # task names one claim may ask for
 MAX_CLAIM = 32  # tasks one claim may take
+_SKIPPED_RETRY_MS = 20
 
 
 def queue_topic(project_id: str) -> str:
@@ -182,7 +183,8 @@ class TaskService:
         with self.db.transaction() as session:
             projects.require_caller_role(session, project_id, caller, "read")
             topics = _expire_leases(session, project_id, task_id)
-            row = _locked(session, project_id, task_id)
+            # Not locked: a claim skips locked rows, and must not miss a task because its requester is looking.
+            row = session.get(Task, (project_id, task_id), populate_existing=True)
             if row is None:
                 raise NotFound(f"project {project_id} has no task {task_id}", error_code="task_not_found")
             if count:
@@ -264,15 +266,15 @@ class TaskService:
         ):
             while True:
                 woken.clear()
-                tasks, next_expiry = await run_in_threadpool(
+                tasks, look_again_at = await run_in_threadpool(
                     self._claim, caller, project_id, handlers, worker_id, max_tasks, first
                 )
                 first = False
                 remaining = deadline - loop.time()
                 if tasks or remaining <= 0 or self.wakeups.closing:
                     break
-                if next_expiry is not None:  # a lease that runs out makes its task claimable: look again then
-                    remaining = min(remaining, max(0.05, (next_expiry - now_ms()) / 1000 + 0.05))
+                if look_again_at is not None:  # e.g. a lease runs out then, which makes its task claimable
+                    remaining = min(remaining, max(0.02, (look_again_at - now_ms()) / 1000 + 0.02))
                 await _wait_any((woken, released), remaining)
                 if released.is_set() or await disconnected():
                     break  # the worker is stopping, or gone: claiming now would strand the task until its lease ends
@@ -313,18 +315,23 @@ class TaskService:
                 )
                 topics.append(task_topic(project_id, row.id))
                 claimed.append({**_status(row, with_input=True), "claim_id": row.claim_id})
-            next_expiry = None
+            look_again_at = None
             if not claimed:
-                next_expiry = session.scalar(
+                look_again_at = session.scalar(
                     select(func.min(Task.lease_expires_at_ms)).where(
                         Task.project_id == project_id, Task.state == "running", wanted
                     )
                 )
+                # Pending tasks this claim skipped: another transaction holds their rows for a moment (a claim
+                # that is taking them, a request joining them). Look again soon rather than sleep through them.
+                skipped = select(Task.id).where(Task.project_id == project_id, Task.state == "pending", wanted)
+                if session.scalar(select(skipped.exists())):
+                    look_again_at = now + _SKIPPED_RETRY_MS
             if count or claimed:
                 add_usage(session, project_id, requests=1)
             self._publish_in(session, topics)
         self._wake(topics)
-        return claimed, next_expiry
+        return claimed, look_again_at
 
     def heartbeat(
         self, caller: Caller, project_id: str | None, claims: list[tuple[str, str, str | None]]
