@@ -250,6 +250,19 @@ def set_quota(data_dir: Path | None, settings_file: Path | None, project_id: str
         click.echo(f"project {project_id}: quota {'unlimited' if quota_bytes is None else f'{quota_bytes} bytes'}")
 
 
+@_admin_command("set-task-request-role")
+@click.argument("project_id")
+@click.argument("role", type=click.Choice(["read", "write"]))
+def set_task_request_role(data_dir: Path | None, settings_file: Path | None, project_id: str, role: str) -> None:
+    """Who may request new tasks: clients with ROLE "write" (the default) or anyone who may read the project
+    ("read"; on a public project, any registered client). Running tasks always needs write."""
+    from .services import projects
+
+    with _database(data_dir, settings_file) as session:
+        projects.get_project(session, project_id).task_request_role = role
+        click.echo(f"project {project_id}: requesting tasks needs the {role} role")
+
+
 @_admin_command("usage")
 @click.argument("project_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
