@@ -22,7 +22,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,14 +124,13 @@ class TaskBackend:
         self._stopping.clear()
         self._ended.clear()
         heartbeat = threading.Thread(target=self._heartbeats, name="kachery-task-leases", daemon=True)
-        pool = ThreadPoolExecutor(self._num_workers, thread_name_prefix="kachery-task")
         with _stderr_logging(config), _sigterm_as_interrupt():
             names = ", ".join(sorted(name for _, name in self._handlers))
             log.info("worker %s serving %s with %d worker(s)", self._worker_id[:8], names, self._num_workers)
             heartbeat.start()
             try:
                 try:
-                    self._serve(pool)
+                    self._serve()
                 except KeyboardInterrupt:
                     self._stopping.set()
                 self._finish()
@@ -141,11 +139,10 @@ class TaskBackend:
                 self._ended.set()
                 with self._changed:
                     self._changed.notify_all()
-                pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------------ claiming
 
-    def _serve(self, pool: ThreadPoolExecutor) -> None:
+    def _serve(self) -> None:
         handlers = [{"task_type": t, "task_name": n} for t, n in self._handlers]
         while not self._stopping.is_set():
             with self._changed:
@@ -171,7 +168,9 @@ class TaskBackend:
                 running = _Running(task["task_id"], task["task_name"], task["claim_id"])
                 with self._lock:
                     self._running[running.claim_id] = running
-                pool.submit(self._run_one, running, task)
+                # Daemon threads: tasks handed back after a second Ctrl-C must not keep the process alive.
+                name = f"kachery-task-{running.task_id[:8]}"
+                threading.Thread(target=self._run_one, args=(running, task), name=name, daemon=True).start()
 
     def _finish(self) -> None:
         """Hand back what a stopped claim may have taken, then let the running tasks finish; a second Ctrl-C
