@@ -9,7 +9,8 @@ import api_server
 
 PURE_CLIENT_MODULES = {"kachery_cloud.request_signing", "kachery_cloud.keys", "kachery_cloud.hashing",
                        "kachery_cloud.uri", "kachery_cloud.serialization", "kachery_cloud.errors",
-                       "kachery_cloud.mutable_key", "kachery_cloud.feed_format", "kachery_cloud.task_format"}  # fmt: skip
+                       "kachery_cloud.mutable_key", "kachery_cloud.feed_format",
+                       "kachery_cloud.task_format"}  # fmt: skip
 
 
 def test_the_server_imports_only_pure_client_modules() -> None:
