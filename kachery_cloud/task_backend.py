@@ -125,7 +125,7 @@ class TaskBackend:
         self._ended.clear()
         heartbeat = threading.Thread(target=self._heartbeats, name="kachery-task-leases", daemon=True)
         with _stderr_logging(config), _sigterm_as_interrupt():
-            names = ", ".join(sorted(name for _, name in self._handlers))
+            names = ", ".join(sorted(f"{name} ({kind})" for kind, name in self._handlers))
             log.info("worker %s serving %s with %d worker(s)", self._worker_id[:8], names, self._num_workers)
             heartbeat.start()
             try:
@@ -162,12 +162,19 @@ class TaskBackend:
                 continue
             self._project = answer["project_id"]
             self._lease_sec = float(answer["lease_sec"])
+            self._start_tasks(answer["tasks"])
+
+    def _start_tasks(self, tasks: list[dict[str, Any]]) -> None:
+        """Run the claimed ``tasks``, unless the worker is stopping: then _finish hands them back."""
+        # A Ctrl-C between recording a task as running and starting its thread would leave _finish waiting for
+        # a task that never runs; so signals wait until both are done. Checking _stopping under the lock that
+        # stop() reads the running tasks under means a task is either run here or handed back there, never both.
+        with _signals_deferred(), self._lock:
             if self._stopping.is_set():
-                return  # what this claim took is handed back by _finish
-            for task in answer["tasks"]:
+                return
+            for task in tasks:
                 running = _Running(task["task_id"], task["task_name"], task["claim_id"])
-                with self._lock:
-                    self._running[running.claim_id] = running
+                self._running[running.claim_id] = running
                 # Daemon threads: tasks handed back after a second Ctrl-C must not keep the process alive.
                 name = f"kachery-task-{running.task_id[:8]}"
                 threading.Thread(target=self._run_one, args=(running, task), name=name, daemon=True).start()
@@ -281,8 +288,10 @@ class TaskBackend:
             if due:
                 last_renewal = time.monotonic()
             lost = set(answer["lost"])
+            with self._lock:
+                still_running = set(self._running)
             for r in running:
-                if r.task_id in lost and not r.lost:
+                if r.task_id in lost and r.claim_id in still_running and not r.lost:
                     r.lost = True
                     log.warning("task %s (%s) was cancelled or handed to another worker", r.task_name, r.task_id[:12])
             time.sleep(_PROGRESS_MIN_INTERVAL_SEC)
@@ -323,6 +332,19 @@ def _stderr_logging(config: ClientConfig) -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back until the block is done (main thread only; elsewhere they never arrive)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager

@@ -231,7 +231,8 @@ class Task(Base):
     States: pending → running (claimed by one worker under a lease it renews) → finished | error; pending or
     running → cancelled. A running task whose lease ran out goes back to pending (or to error once
     ``attempts`` reaches ``max_attempts``). ``claim_id`` names the current claim: a worker that lost its
-    claim can neither renew nor complete it. ``status_version`` rises on every change a requester may wait for.
+    claim can neither renew nor complete it. ``status_version`` rises on every change a requester waits for: a
+    new run, a progress message, the end (not on claims and hand-backs, which concern workers only).
     """
 
     __tablename__ = "tasks"

@@ -26,7 +26,7 @@ class TaskStatus(BaseModel):
     task_type: str
     task_name: str
     state: str = Field(description=" | ".join(TASK_STATES))
-    status_version: int = Field(description="rises on every change of state or progress")
+    status_version: int = Field(description="rises on a new run, a progress message and the end")
     attempts: int = Field(description="how many times a worker has claimed the task")
     max_attempts: int
     requested_by_client_id: str
@@ -123,7 +123,7 @@ class ProjectBody(BaseModel):
 @router.post("/request", response_model=TaskStatus)
 async def request_task(body: RequestBody, caller: OptionalCaller, context: ContextDep) -> dict:
     """Find or create a task. A finished calculation answers its result at once; with ``wait_ms`` the answer waits
-    for the task's first change (or its end)."""
+    for the task's end, or its first progress message."""
     return await context.tasks.request(
         caller, body.project_id, body.task_type, body.task_name, body.task_input, body.task_id, body.wait_ms
     )

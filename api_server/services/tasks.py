@@ -92,7 +92,8 @@ class TaskService:
         task_id: str | None,
         wait_ms: int,
     ) -> dict[str, Any]:
-        """Find or create the task; with ``wait_ms``, wait for its first change (or its end) before answering."""
+        """Find or create the task; with ``wait_ms``, wait for its end (or its first progress message) before
+        answering."""
         _check(validate_task_type, task_type)
         _check(validate_task_name, task_name)
         body = _check(input_json, task_input).decode("ascii")
@@ -136,8 +137,8 @@ class TaskService:
                     )
                     session.add(row)
                 # A failed or cancelled calculation asked for again runs again: errors are not cached.
-                _change(row, state="pending", attempts=0, error=None, progress=None, result_sha1=None, result_size=None,
-                        **_NO_CLAIM)  # fmt: skip
+                _change(row, news=True, state="pending", attempts=0, error=None, progress=None, result_sha1=None,
+                        result_size=None, **_NO_CLAIM)  # fmt: skip
                 row.max_attempts = self.settings.task_max_attempts
                 row.requested_by_client_id = caller.client_id or ""
                 session.flush()
@@ -228,7 +229,7 @@ class TaskService:
             cancelled = row.state not in FINAL_STATES
             if cancelled:
                 why = f"cancelled by client {caller.client_id}"
-                _change(row, state="cancelled", error=why, lease_expires_at_ms=None)
+                _change(row, news=True, state="cancelled", error=why, lease_expires_at_ms=None)
                 topics.append(task_topic(project.id, task_id))
             add_usage(session, project.id, requests=1)
             self._publish_in(session, topics)
@@ -305,6 +306,7 @@ class TaskService:
             for row in session.scalars(query).all():
                 _change(
                     row,
+                    news=False,
                     state="running",
                     attempts=row.attempts + 1,
                     claim_id=secrets.token_hex(16),
@@ -313,7 +315,6 @@ class TaskService:
                     lease_expires_at_ms=now + self.settings.task_lease_sec * 1000,
                     progress=None,
                 )
-                topics.append(task_topic(project_id, row.id))
                 claimed.append({**_status(row, with_input=True), "claim_id": row.claim_id})
             look_again_at = None
             if not claimed:
@@ -348,12 +349,14 @@ class TaskService:
             rows = {row.id: row for row in session.scalars(query.order_by(Task.id).with_for_update())}
             for task_id, claim_id, progress in claims:
                 row = rows.get(task_id)
+                if row is not None and row.claim_id == claim_id and row.state in ("finished", "error"):
+                    continue  # completed by this very claim while the renewal was on its way
                 if row is None or not _holds(row, claim_id, caller):
                     lost.append(task_id)
                     continue
                 row.lease_expires_at_ms = now + self.settings.task_lease_sec * 1000
                 if progress is not None and progress[:MAX_PROGRESS_CHARS] != row.progress:
-                    _change(row, progress=progress[:MAX_PROGRESS_CHARS])
+                    _change(row, news=True, progress=progress[:MAX_PROGRESS_CHARS])
                     topics.append(task_topic(project.id, task_id))
             add_usage(session, project.id, requests=1)
             self._publish_in(session, topics)
@@ -392,9 +395,10 @@ class TaskService:
                 if blob is None:
                     raise InvalidRequest(f"project {project.id} holds no blob {result_sha1}; upload the result first",
                                          error_code="result_not_stored")  # fmt: skip
-                _change(row, state="finished", result_sha1=result_sha1, result_size=blob.size, lease_expires_at_ms=None)
+                _change(row, news=True, state="finished", result_sha1=result_sha1, result_size=blob.size,
+                        lease_expires_at_ms=None)  # fmt: skip
             else:
-                _change(row, state="error", error=(error or "")[:MAX_ERROR_CHARS], lease_expires_at_ms=None)
+                _change(row, news=True, state="error", error=(error or "")[:MAX_ERROR_CHARS], lease_expires_at_ms=None)
             topics.append(task_topic(project.id, task_id))
             add_usage(session, project.id, requests=1)
             self._publish_in(session, topics)
@@ -421,8 +425,7 @@ class TaskService:
             ).all()
             released = [row for row in rows if row.claim_id not in keep]
             for row in released:
-                _change(row, state="pending", attempts=row.attempts - 1, **_NO_CLAIM)
-                topics.append(task_topic(project.id, row.id))
+                _change(row, news=False, state="pending", attempts=row.attempts - 1, **_NO_CLAIM)
             if released:
                 topics.append(queue_topic(project.id))
             topics.append(worker_topic(worker_id))
@@ -457,20 +460,24 @@ def _expire_leases(session: Session, project_id: str, task_id: str | None = None
     for row in session.scalars(query.order_by(Task.id).with_for_update(skip_locked=True)).all():
         if row.attempts >= row.max_attempts:
             lost = f"the task's worker stopped renewing its lease {row.attempts} times (killed, cut off or hung)"
-            _change(row, state="error", error=f"{lost}; giving up after {row.max_attempts} attempts", **_NO_CLAIM)
+            why = f"{lost}; giving up after {row.max_attempts} attempts"
+            _change(row, news=True, state="error", error=why, **_NO_CLAIM)
+            topics.append(task_topic(project_id, row.id))
         else:
-            _change(row, state="pending", **_NO_CLAIM)
+            _change(row, news=False, state="pending", **_NO_CLAIM)
             topics.append(queue_topic(project_id))
-        topics.append(task_topic(project_id, row.id))
     return topics
 
 
-def _change(row: Task, **values: Any) -> None:
-    """Set ``values`` on the task and count a new status version (what waiting requesters look for)."""
+def _change(row: Task, *, news: bool, **values: Any) -> None:
+    """Set ``values`` on the task. ``news``: a waiting requester must hear of it (a new run, a progress message,
+    the end), so it counts a new ``status_version``. A claim, a hand-back or a lost worker is news to workers
+    only: a requester's long-poll sleeps through it, and answers once, at the end, if nothing is reported."""
     for name, value in values.items():
         setattr(row, name, value)
-    row.status_version += 1
     row.updated_at_ms = now_ms()
+    if news:
+        row.status_version += 1
 
 
 def _same_completion(row: Task, claim_id: str, result_sha1: str | None, error: str | None) -> bool:

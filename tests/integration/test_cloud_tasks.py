@@ -124,6 +124,11 @@ def test_calculation_and_action_round_trips_and_the_calculation_cache(workers: W
     assert status.state == "finished" and status.task_type == "calculation" and status.attempts == 1
     assert status.task_input == {"a": a, "b": b} and status.result_uri is not None
     assert kcl.load_json(status.result_uri) == {"sum": a + b}  # the result is an ordinary blob of the project
+    # Requesters were told twice: created, finished. The claim is news to workers only, so a waiting requester
+    # slept through it (one long-poll per task, not two).
+    from kachery_cloud._connection import api_client
+
+    assert api_client().call("GET", f"/api/tasks/{status.task_id}")["status_version"] == 2
 
 
 def test_ten_identical_concurrent_requests_run_the_calculation_once(workers: Workers) -> None:
@@ -342,6 +347,9 @@ def test_a_late_result_of_a_lost_claim_is_refused(registered: RunningServer) -> 
     done = api.call("POST", f"/api/tasks/{'ab' * 20}/complete", json_body=body)
     assert api.call("POST", f"/api/tasks/{'ab' * 20}/complete", json_body=body) == done  # a retry is answered alike
     assert done["state"] == "error" and done["error"] == "done badly"
+    # A renewal that crossed its own completion is not told the claim was lost.
+    late_renewal = {"claims": [{"task_id": "ab" * 20, "claim_id": second["claim_id"]}]}
+    assert api.call("POST", "/api/tasks/heartbeat", json_body=late_renewal)["lost"] == []
 
 
 # ----------------------------------------------------------------------------------------------- stopping
