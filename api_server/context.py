@@ -34,6 +34,7 @@ class ServerContext:
     def build(cls, settings: Settings, storage: Storage) -> ServerContext:
         db = Database(settings.resolved_database_url)
         wakeups = Wakeups(db)
+        blobs = BlobService(db, storage, settings)
         google = (
             GoogleTokenVerifier(settings.google_client_id, settings.google_certs_url)
             if settings.google_client_id
@@ -45,10 +46,10 @@ class ServerContext:
             storage=storage,
             authenticator=RequestAuthenticator(db, settings.signature_window_sec),
             google=google,
-            blobs=BlobService(db, storage, settings),
+            blobs=blobs,
             mutables=MutableService(db),
             feeds=FeedService(db, wakeups),
-            tasks=TaskService(db, wakeups, settings),
+            tasks=TaskService(db, wakeups, settings, blobs),
             wakeups=wakeups,
         )
 

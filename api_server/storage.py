@@ -142,6 +142,11 @@ class Storage:
             body.close()
         return digest.hexdigest(), size
 
+    def put_bytes(self, key: str, data: bytes, sha1_hex: str) -> None:
+        """Write ``data`` (whose SHA-1 the caller computed) with one PUT; a store that checks checksums checks it."""
+        extra = {"ChecksumSHA1": sha1_base64(sha1_hex)} if self.enforces_sha1 else {}
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 

@@ -31,7 +31,14 @@ from .config import ClientConfig, load_config
 from .errors import InvalidArgumentError, KacheryCloudError, ServerError, ServerUnreachableError
 from .hashing import sha1_of_bytes
 from .storing import upload_cached_blob
-from .task_format import MAX_ERROR_CHARS, MAX_PROGRESS_CHARS, MAX_WAIT_SEC, encode_result, validate_task_name
+from .task_format import (
+    MAX_ERROR_CHARS,
+    MAX_INLINE_RESULT_BYTES,
+    MAX_PROGRESS_CHARS,
+    MAX_WAIT_SEC,
+    encode_result,
+    validate_task_name,
+)
 
 log = logging.getLogger("kachery_cloud.tasks")
 
@@ -218,7 +225,11 @@ class TaskBackend:
                 log.warning("task %s failed:\n%s", label, outcome["error"])
             else:
                 try:
-                    outcome = {"result_sha1": self._store_result(data)}
+                    # A small result goes in the completion (the server stores it as a blob): 1 call, not 4.
+                    if len(data) <= MAX_INLINE_RESULT_BYTES:
+                        outcome = {"result_json": data.decode("ascii")}
+                    else:
+                        outcome = {"result_sha1": self._store_result(data)}
                 except KacheryCloudError as e:
                     outcome = {"error": f"the worker could not store the result: {e}"}
                     log.warning("task %s: %s", label, outcome["error"])
@@ -242,15 +253,20 @@ class TaskBackend:
         if running.lost:
             log.warning("task %s was cancelled or handed to another worker; its outcome is discarded", label)
             return
+        path = f"/api/tasks/{running.task_id}/complete"
         try:
-            self._call("POST", f"/api/tasks/{running.task_id}/complete", {"claim_id": running.claim_id, **outcome},
-                       idempotent=True)  # fmt: skip
+            self._call("POST", path, {"claim_id": running.claim_id, **outcome}, idempotent=True)
         except ServerError as e:
-            if e.error_code != "claim_lost":
+            if e.error_code == "claim_lost":
+                log.warning("task %s: %s", label, e)
+                return
+            if "error" in outcome:
                 raise
-            log.warning("task %s: %s", label, e)
-            return
-        if "result_sha1" in outcome:
+            # The server could not keep the result (the project's quota, the object store): the requester hears it.
+            outcome = {"error": f"the result could not be stored: {e}"}
+            log.warning("task %s: %s", label, outcome["error"])
+            self._call("POST", path, {"claim_id": running.claim_id, **outcome}, idempotent=True)
+        if "error" not in outcome:
             log.info("task %s finished in %.2f s", label, time.monotonic() - running.started)
 
     # ------------------------------------------------------------------------------ leases and progress

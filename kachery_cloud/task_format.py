@@ -5,8 +5,8 @@
 - A calculation's id is its *job id*: the SHA-1 of the canonical JSON of ``{"taskName": ..., "taskInput": ...}``,
   so every client asking for the same calculation names the same task. An action's id is random, chosen by the
   requester (so a retried request is not run twice).
-- Results are JSON. NumPy arrays inside a result travel as ``{"__ndarray__": "<base64 of the .npy bytes>"}``,
-  which keeps dtype, shape and every bit.
+- Results are JSON blobs of the task's project. NumPy arrays inside a result travel as
+  ``{"__ndarray__": "<base64 of the .npy bytes>"}``, which keeps dtype, shape and every bit.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ FINAL_STATES = ("finished", "error", "cancelled")
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,254}$")
 TASK_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 MAX_INPUT_BYTES = 1 << 20  # canonical JSON of a task input; larger data goes in by URI
+# A result up to this size (canonical JSON) travels in the completion and in the requester's answer; the server
+# stores it as a blob itself. Larger ones the worker uploads as a blob, and the requester downloads.
+MAX_INLINE_RESULT_BYTES = 256 << 10
 MAX_ERROR_CHARS = 16_000  # of a failed task's error message (the end of a traceback is what matters)
 MAX_PROGRESS_CHARS = 1000  # of one progress message
 MAX_WAIT_SEC = 30  # longest single long-poll

@@ -225,7 +225,9 @@ def _until_answered(call: Callable[[float], dict[str, Any]], deadline: float | N
 def _outcome(config: ClientConfig, status: dict[str, Any]) -> Any:
     task = f"task {status['task_name']} ({status['task_id']})"
     if status["state"] == "finished":
-        # The result is a blob of the task's project (it may not be the current one).
+        if status.get("result_json") is not None:  # a small result comes with the answer
+            return decode_result(json.loads(status["result_json"]))
+        # A large result is a blob of the task's project (it may not be the current one).
         project_config = dataclasses.replace(config, project=status["project_id"])
         path = fetch_blob(project_config, local_directory(config), status["result_sha1"], quiet=True)
         return decode_result(json.loads(path.read_bytes()))

@@ -261,4 +261,6 @@ class Task(Base):
     progress: Mapped[str | None] = mapped_column(Text)
     result_sha1: Mapped[str | None] = mapped_column(String(40))
     result_size: Mapped[int | None] = mapped_column(BigInteger)
+    # A small result's JSON, also kept here so that requesters get it in their answer without a download.
+    result_json: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)

@@ -37,6 +37,7 @@ class TaskStatus(BaseModel):
     progress: str | None = Field(description="the running task's latest progress message")
     result_sha1: str | None = Field(description="finished: the result's blob in the project (JSON)")
     result_size: int | None
+    result_json: str | None = Field(None, description="finished, with a small result: the result blob's content")
     error: str | None = Field(description="error or cancelled: why")
     task_input: Any = Field(None, description="the input (status reads and claims only)")
 
@@ -101,7 +102,8 @@ class HeartbeatResponse(BaseModel):
 class CompleteBody(BaseModel):
     project_id: str | None = _PROJECT
     claim_id: str
-    result_sha1: str | None = Field(None, description="the result, uploaded as a blob of the project first")
+    result_json: str | None = Field(None, description="a result of up to 256 KiB as JSON; stored as a blob here")
+    result_sha1: str | None = Field(None, description="a larger result, uploaded as a blob of the project first")
     error: str | None = Field(None, description="why the task failed")
 
 
@@ -180,7 +182,8 @@ def heartbeat(body: HeartbeatBody, caller: RegisteredCaller, context: ContextDep
 @router.post("/{task_id}/complete", response_model=TaskStatus)
 def complete_task(task_id: str, body: CompleteBody, caller: RegisteredCaller, context: ContextDep) -> dict:
     """Workers: record a claimed task's result (a blob of the project) or its error."""
-    return context.tasks.complete(caller, body.project_id, task_id, body.claim_id, body.result_sha1, body.error)
+    outcome = {"result_json": body.result_json, "result_sha1": body.result_sha1, "error": body.error}
+    return context.tasks.complete(caller, body.project_id, task_id, body.claim_id, outcome)
 
 
 @router.post("/release", response_model=ReleaseResponse)

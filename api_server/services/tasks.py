@@ -11,8 +11,10 @@ The rules (every one decided by database transactions, so they hold across serve
   (or the requester's wait) has noticed, and its late result is refused.
 - A task whose lease ran out goes back to pending, or to error once its worker was lost ``max_attempts``
   times. A task function that raises ends the task in error at once: the requester gets the message.
-- Results are blobs of the task's project (JSON, see :mod:`kachery_cloud.task_format`), recorded by SHA-1: the
-  worker uploads the blob first, and completion is refused unless the project holds it.
+- Results are blobs of the task's project (JSON, see :mod:`kachery_cloud.task_format`), recorded by SHA-1. A
+  small result comes inside the completion, and this server stores it as a blob and keeps a copy on the task's
+  row, which requesters get in their answer. A large one the worker uploads first, and completion is refused
+  unless the project holds it.
 - Requesting a task that does not exist yet needs the project's ``task_request_role`` (``write`` unless an
   admin chose ``read``) and a registered client; reading a finished calculation, statuses and lists need read
   access; claiming, renewing and completing need ``write``; cancelling needs ``write`` or being the requester.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -39,6 +42,7 @@ from kachery_cloud.errors import KacheryCloudError
 from kachery_cloud.task_format import (
     FINAL_STATES,
     MAX_ERROR_CHARS,
+    MAX_INLINE_RESULT_BYTES,
     MAX_PROGRESS_CHARS,
     input_json,
     job_id,
@@ -54,6 +58,7 @@ from ..errors import ClientNotRegistered, Conflict, Forbidden, InvalidRequest, N
 from ..settings import Settings
 from ..wakeups import Wakeups
 from . import projects
+from .blobs import BlobService
 from .usage import add_usage
 
 MAX_LIST = 1000
@@ -75,10 +80,11 @@ def worker_topic(worker_id: str) -> str:
 
 
 class TaskService:
-    def __init__(self, db: Database, wakeups: Wakeups, settings: Settings) -> None:
+    def __init__(self, db: Database, wakeups: Wakeups, settings: Settings, blobs: BlobService) -> None:
         self.db = db
         self.wakeups = wakeups
         self.settings = settings
+        self.blobs = blobs
 
     # ----------------------------------------------------------------------------------------- requesters
 
@@ -138,7 +144,7 @@ class TaskService:
                     session.add(row)
                 # A failed or cancelled calculation asked for again runs again: errors are not cached.
                 _change(row, news=True, state="pending", attempts=0, error=None, progress=None, result_sha1=None,
-                        result_size=None, **_NO_CLAIM)  # fmt: skip
+                        result_size=None, result_json=None, **_NO_CLAIM)  # fmt: skip
                 row.max_attempts = self.settings.task_max_attempts
                 row.requested_by_client_id = caller.client_id or ""
                 session.flush()
@@ -209,7 +215,7 @@ class TaskService:
             if task_name is not None:
                 query = query.where(Task.task_name == task_name)
             query = query.order_by(Task.created_at_ms.desc(), Task.id).limit(limit)
-            tasks = [_status(row, with_input=False) for row in session.scalars(query)]
+            tasks = [_status(row, with_input=False, with_result=False) for row in session.scalars(query)]
             add_usage(session, project.id, requests=1)
             self._publish_in(session, topics)
         self._wake(topics)
@@ -315,7 +321,7 @@ class TaskService:
                     lease_expires_at_ms=now + self.settings.task_lease_sec * 1000,
                     progress=None,
                 )
-                claimed.append({**_status(row, with_input=True), "claim_id": row.claim_id})
+                claimed.append({**_status(row, with_input=True, with_result=False), "claim_id": row.claim_id})
             look_again_at = None
             if not claimed:
                 look_again_at = session.scalar(
@@ -369,38 +375,45 @@ class TaskService:
         project_id: str | None,
         task_id: str,
         claim_id: str,
-        result_sha1: str | None,
-        error: str | None,
+        outcome: dict[str, str | None],
     ) -> dict[str, Any]:
-        """Record the result (a blob of the project) or the error of a claimed task. Repeating the same completion
-        (a retry after a lost answer) is answered as before."""
+        """Record the outcome of a claimed task: ``result_json`` (a small result, stored here as a blob),
+        ``result_sha1`` (a blob the worker uploaded) or ``error``. Repeating the same completion (a retry after a
+        lost answer) is answered as before."""
         _check(validate_task_id, task_id)
-        if (result_sha1 is None) == (error is None):
-            raise InvalidRequest("a completion carries either result_sha1 or error")
-        topics: list[str] = []
+        given = {name: value for name, value in outcome.items() if value is not None}
+        if len(given) != 1 or not given.keys() <= {"result_json", "result_sha1", "error"}:
+            raise InvalidRequest("a completion carries exactly one of result_json, result_sha1 or error")
+        result_json, result_sha1, error = given.get("result_json"), given.get("result_sha1"), given.get("error")
+        data = None
+        if result_json is not None:
+            data = _result_bytes(result_json)
+            result_sha1 = hashlib.sha1(data).hexdigest()
+        project_id = self._project_id(caller, project_id)
         with self.db.transaction() as session:
-            project = projects.caller_project(session, caller, project_id, "write")
-            row = _locked(session, project.id, task_id)
-            if row is not None and _same_completion(row, claim_id, result_sha1, error):
+            projects.require_caller_role(session, project_id, caller, "write")
+            row = _held(session, project_id, task_id, claim_id, caller, result_sha1, error)
+            if row is not None:
                 return _status(row, with_input=False)  # this very completion, repeated (its answer was lost)
-            if row is None or not _holds(row, claim_id, caller):
-                state = row.state if row is not None else "gone"
-                raise Conflict(
-                    f"task {task_id} is no longer claimed by this worker (it is {state}: cancelled, or handed to "
-                    "another worker after the lease ran out); this completion was not recorded",
-                    error_code="claim_lost",
-                )
+        if data is not None:  # outside any transaction: a write to the object store takes a while
+            self.blobs.store_bytes(project_id, caller.client_id or "", data)
+        topics = [task_topic(project_id, task_id)]
+        with self.db.transaction() as session:
+            row = _held(session, project_id, task_id, claim_id, caller, result_sha1, error)
+            if row is not None:
+                return _status(row, with_input=False)
+            row = _locked(session, project_id, task_id)
+            assert row is not None  # _held found it
             if result_sha1 is not None:
-                blob = session.get(Blob, (project.id, result_sha1))
+                blob = session.get(Blob, (project_id, result_sha1))
                 if blob is None:
-                    raise InvalidRequest(f"project {project.id} holds no blob {result_sha1}; upload the result first",
+                    raise InvalidRequest(f"project {project_id} holds no blob {result_sha1}; upload the result first",
                                          error_code="result_not_stored")  # fmt: skip
                 _change(row, news=True, state="finished", result_sha1=result_sha1, result_size=blob.size,
-                        lease_expires_at_ms=None)  # fmt: skip
+                        result_json=result_json, lease_expires_at_ms=None)  # fmt: skip
             else:
                 _change(row, news=True, state="error", error=(error or "")[:MAX_ERROR_CHARS], lease_expires_at_ms=None)
-            topics.append(task_topic(project.id, task_id))
-            add_usage(session, project.id, requests=1)
+            add_usage(session, project_id, requests=1)
             self._publish_in(session, topics)
             status = _status(row, with_input=False)
         self._wake(topics)
@@ -480,6 +493,42 @@ def _change(row: Task, *, news: bool, **values: Any) -> None:
         row.status_version += 1
 
 
+def _held(
+    session: Session,
+    project_id: str,
+    task_id: str,
+    claim_id: str,
+    caller: Caller,
+    result_sha1: str | None,
+    error: str | None,
+) -> Task | None:
+    """The task, if it was completed already by this very completion; None if the caller still holds the claim
+    (it may complete it); else :class:`Conflict` ``claim_lost``."""
+    row = _locked(session, project_id, task_id)
+    if row is not None and _same_completion(row, claim_id, result_sha1, error):
+        return row
+    if row is None or not _holds(row, claim_id, caller):
+        state = row.state if row is not None else "gone"
+        raise Conflict(
+            f"task {task_id} is no longer claimed by this worker (it is {state}: cancelled, or handed to another "
+            "worker after the lease ran out); this completion was not recorded",
+            error_code="claim_lost",
+        )
+    return None
+
+
+def _result_bytes(result_json: str) -> bytes:
+    data = result_json.encode("utf-8")
+    if len(data) > MAX_INLINE_RESULT_BYTES:
+        raise InvalidRequest(f"result_json is over {MAX_INLINE_RESULT_BYTES} bytes; upload the result as a blob and "
+                             "send result_sha1", error_code="result_too_large")  # fmt: skip
+    try:
+        json.loads(data)
+    except ValueError:
+        raise InvalidRequest("result_json is not JSON") from None
+    return data
+
+
 def _same_completion(row: Task, claim_id: str, result_sha1: str | None, error: str | None) -> bool:
     if row.claim_id != claim_id or row.state not in ("finished", "error"):
         return False
@@ -509,7 +558,7 @@ def _require_requester(session: Session, project: Any, caller: Caller) -> None:
     projects.require_caller_role(session, project.id, caller, project.task_request_role)
 
 
-def _status(row: Task, *, with_input: bool) -> dict[str, Any]:
+def _status(row: Task, *, with_input: bool, with_result: bool = True) -> dict[str, Any]:
     status = {
         "project_id": row.project_id,
         "task_id": row.id,
@@ -531,6 +580,8 @@ def _status(row: Task, *, with_input: bool) -> dict[str, Any]:
     }
     if with_input:
         status["task_input"] = json.loads(row.input)
+    if with_result:
+        status["result_json"] = row.result_json
     return status
 
 

@@ -112,6 +112,11 @@ def test_calculation_and_action_round_trips_and_the_calculation_cache(workers: W
     assert kcl.request_task("action", "test.echo", {"x": [1, "two", None]}) == {"x": [1, "two", None]}
     assert kcl.request_task("action", "test.echo", {"x": [1, "two", None]}) == {"x": [1, "two", None]}
     assert len(workers.runs("test.echo")) == 2  # an action runs every time
+    # A result over 256 KiB goes the long way: the worker uploads a blob, the requester downloads it.
+    big = {"text": "x" * (300 << 10)}
+    assert kcl.request_task("action", "test.echo", big) == big
+    [status] = kcl.TaskClient().list_tasks(task_name="test.echo", limit=1)
+    assert status.result_uri is not None and kcl.load_json(status.result_uri) == big
 
     worker.send_signal(signal.SIGTERM)  # no worker from here on
     assert worker.wait(timeout=30) == 0
@@ -185,6 +190,20 @@ def test_a_failing_task_reports_its_error_and_is_run_again_when_asked_again(work
     assert "task_backend.py" not in message  # from the task function down, not the framework
     assert failure.value.state == "error" and failure.value.task_name == "test.fail"
     assert len(workers.runs("test.fail")) == 1  # an exception is not retried
+
+
+def test_a_result_over_the_project_quota_is_an_error(
+    registered: RunningServer, workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import secrets
+
+    project = f"small-{secrets.token_hex(3)}"
+    registered.admin("create-project", project, "--quota", "1024")
+    monkeypatch.setenv("KACHERY_CLOUD_PROJECT", project)
+    workers.start()
+    with pytest.raises(kcl.TaskError, match="the result could not be stored: .*quota"):
+        kcl.request_task("action", "test.echo", {"text": "y" * 2000})
+    assert kcl.request_task("action", "test.echo", {"text": "fits"}) == {"text": "fits"}
 
 
 def test_timeout_leaves_the_task_to_go_on(workers: Workers) -> None:

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("progress", sa.Text(), nullable=True),
         sa.Column("result_sha1", sa.String(length=40), nullable=True),
         sa.Column("result_size", sa.BigInteger(), nullable=True),
+        sa.Column("result_json", sa.Text(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.CheckConstraint(
             "state IN ('pending', 'running', 'finished', 'error', 'cancelled')", name=op.f("ck_tasks_state")
