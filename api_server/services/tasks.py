@@ -165,7 +165,7 @@ class TaskService:
         _check(validate_task_id, task_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000
-        project_id = await run_in_threadpool(self._project_id, caller, project_id)
+        project_id = projects.caller_project_id(caller, project_id)
         first = True
         with self.wakeups.subscription(task_topic(project_id, task_id)) as woken:
             while True:
@@ -182,9 +182,6 @@ class TaskService:
                     remaining = min(remaining, max(0.05, (lease_end - now_ms()) / 1000 + 0.05))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), remaining)
-
-    def _project_id(self, caller: Caller, project_id: str | None) -> str:
-        return projects.caller_project_id(caller, project_id)
 
     def _status(self, caller: Caller, project_id: str, task_id: str, count: bool) -> dict[str, Any]:
         with self.db.transaction() as session:
@@ -265,7 +262,7 @@ class TaskService:
         max_tasks = max(1, min(max_tasks, MAX_CLAIM))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000
-        project_id = await run_in_threadpool(self._project_id, caller, project_id)
+        project_id = projects.caller_project_id(caller, project_id)
         first = True
         with (
             self.wakeups.subscription(queue_topic(project_id)) as woken,
@@ -389,21 +386,21 @@ class TaskService:
         if result_json is not None:
             data = _result_bytes(result_json)
             result_sha1 = hashlib.sha1(data).hexdigest()
-        project_id = self._project_id(caller, project_id)
-        with self.db.transaction() as session:
-            projects.require_caller_role(session, project_id, caller, "write")
-            row = _held(session, project_id, task_id, claim_id, caller, result_sha1, error)
-            if row is not None:
-                return _status(row, with_input=False)  # this very completion, repeated (its answer was lost)
-        if data is not None:  # outside any transaction: a write to the object store takes a while
+        project_id = projects.caller_project_id(caller, project_id)
+        if data is not None:
+            with self.db.transaction() as session:  # may this caller complete it? Then store the result.
+                projects.require_caller_role(session, project_id, caller, "write")
+                row, repeated = _claimed(session, project_id, task_id, claim_id, caller, result_sha1, error)
+                if repeated:
+                    return _status(row, with_input=False)
+            # Outside any transaction: a write to the object store takes a while.
             self.blobs.store_bytes(project_id, caller.client_id or "", data)
         topics = [task_topic(project_id, task_id)]
         with self.db.transaction() as session:
-            row = _held(session, project_id, task_id, claim_id, caller, result_sha1, error)
-            if row is not None:
+            projects.require_caller_role(session, project_id, caller, "write")
+            row, repeated = _claimed(session, project_id, task_id, claim_id, caller, result_sha1, error)
+            if repeated:  # this very completion, repeated (its first answer was lost)
                 return _status(row, with_input=False)
-            row = _locked(session, project_id, task_id)
-            assert row is not None  # _held found it
             if result_sha1 is not None:
                 blob = session.get(Blob, (project_id, result_sha1))
                 if blob is None:
@@ -493,7 +490,7 @@ def _change(row: Task, *, news: bool, **values: Any) -> None:
         row.status_version += 1
 
 
-def _held(
+def _claimed(
     session: Session,
     project_id: str,
     task_id: str,
@@ -501,12 +498,12 @@ def _held(
     caller: Caller,
     result_sha1: str | None,
     error: str | None,
-) -> Task | None:
-    """The task, if it was completed already by this very completion; None if the caller still holds the claim
-    (it may complete it); else :class:`Conflict` ``claim_lost``."""
+) -> tuple[Task, bool]:
+    """The task, locked, with whether it was completed already by this very completion; :class:`Conflict`
+    ``claim_lost`` unless that, or the caller still holds the claim."""
     row = _locked(session, project_id, task_id)
     if row is not None and _same_completion(row, claim_id, result_sha1, error):
-        return row
+        return row, True
     if row is None or not _holds(row, claim_id, caller):
         state = row.state if row is not None else "gone"
         raise Conflict(
@@ -514,7 +511,7 @@ def _held(
             "worker after the lease ran out); this completion was not recorded",
             error_code="claim_lost",
         )
-    return None
+    return row, False
 
 
 def _result_bytes(result_json: str) -> bytes:
