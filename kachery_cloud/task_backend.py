@@ -36,6 +36,7 @@ from .task_format import (
     MAX_INLINE_RESULT_BYTES,
     MAX_PROGRESS_CHARS,
     MAX_WAIT_SEC,
+    clean_text,
     encode_result,
     validate_task_name,
 )
@@ -128,24 +129,25 @@ class TaskBackend:
         self._worker_id = secrets.token_hex(16)
         self._project = self._project_id or config.project or ""
         self._config = config
-        self._stopping.clear()
-        self._ended.clear()
+        self._ended.clear()  # (not _stopping: a stop() just before this line must still end this run)
         heartbeat = threading.Thread(target=self._heartbeats, name="kachery-task-leases", daemon=True)
         with _stderr_logging(config), _sigterm_as_interrupt():
             names = ", ".join(sorted(f"{name} ({kind})" for kind, name in self._handlers))
             log.info("worker %s serving %s with %d worker(s)", self._worker_id[:8], names, self._num_workers)
             heartbeat.start()
             try:
-                try:
-                    self._serve()
-                except KeyboardInterrupt:
-                    self._stopping.set()
-                self._finish()
-            finally:
+                self._serve()
+            except KeyboardInterrupt:
+                pass
+            finally:  # also when the server refused us: running tasks still finish or are handed back
                 self._stopping.set()
-                self._ended.set()
-                with self._changed:
-                    self._changed.notify_all()
+                try:
+                    self._finish()
+                finally:
+                    self._ended.set()
+                    self._stopping.clear()  # the next run() starts afresh
+                    with self._changed:
+                        self._changed.notify_all()
 
     # ------------------------------------------------------------------------------------------ claiming
 
@@ -163,7 +165,9 @@ class TaskBackend:
             try:
                 answer = self._call("POST", "/api/tasks/claim", body, idempotent=False,
                                     timeout=(10.0, MAX_WAIT_SEC + _CLAIM_TIMEOUT_MARGIN_SEC))  # fmt: skip
-            except ServerUnreachableError as e:
+            except KacheryCloudError as e:
+                if not _transient(e):
+                    raise
                 log.warning("%s; trying again", e)
                 self._stopping.wait(_UNREACHABLE_PAUSE_SEC)
                 continue
@@ -189,9 +193,9 @@ class TaskBackend:
     def _finish(self) -> None:
         """Hand back what a stopped claim may have taken, then let the running tasks finish; a second Ctrl-C
         hands those back too."""
-        with contextlib.suppress(KacheryCloudError):
-            self._release(keep_running=True)
         try:
+            with contextlib.suppress(KacheryCloudError):
+                self._release(keep_running=True)
             with self._changed:
                 if self._running:
                     log.info("finishing %d running task(s); press Ctrl-C again to hand them back and stop now",
@@ -201,6 +205,8 @@ class TaskBackend:
         except KeyboardInterrupt:
             released = self._release(keep_running=False)
             log.info("handed back %d task(s) for another worker", len(released))
+            # Their threads go on until this process exits; exit soon after a hand-back (a notebook kernel that
+            # keeps running would run a handed-back action alongside the worker that took it over).
 
     def _release(self, *, keep_running: bool) -> list[str]:
         with self._lock:
@@ -211,29 +217,21 @@ class TaskBackend:
     # ------------------------------------------------------------------------------------------- running
 
     def _run_one(self, running: _Running, task: dict[str, Any]) -> None:
+        _unblock_signals()  # the thread was started with them held back; its subprocesses must get them
         handler = self._handlers[(task["task_type"], task["task_name"])]
         label = f"{running.task_name} ({running.task_id[:12]})"
         _current.reporter = lambda message: self._set_progress(running, message)
         try:
             try:
-                result = handler.function(**task["task_input"], **handler.extra_kwargs)
-                data = encode_result(result)
-            except Exception as e:
+                data = encode_result(handler.function(**task["task_input"], **handler.extra_kwargs))
+            except (Exception, SystemExit) as e:
                 # The traceback from the task function down (the worker's own frame would only be noise).
                 frames = e.__traceback__.tb_next if e.__traceback__ is not None else None
-                outcome = {"error": _error_text("".join(traceback.format_exception(type(e), e, frames)))}
-                log.warning("task %s failed:\n%s", label, outcome["error"])
+                error = _error_text(clean_text("".join(traceback.format_exception(type(e), e, frames))))
+                log.warning("task %s failed:\n%s", label, error)
+                self._report(running, label, error=error)
             else:
-                try:
-                    # A small result goes in the completion (the server stores it as a blob): 1 call, not 4.
-                    if len(data) <= MAX_INLINE_RESULT_BYTES:
-                        outcome = {"result_json": data.decode("ascii")}
-                    else:
-                        outcome = {"result_sha1": self._store_result(data)}
-                except KacheryCloudError as e:
-                    outcome = {"error": f"the worker could not store the result: {e}"}
-                    log.warning("task %s: %s", label, outcome["error"])
-            self._complete(running, label, outcome)
+                self._report(running, label, data=data)
         except BaseException:
             log.exception("task %s: the worker failed; its lease will run out and it goes to another worker", label)
         finally:
@@ -242,6 +240,43 @@ class TaskBackend:
                 self._running.pop(running.claim_id, None)
                 self._changed.notify_all()
 
+    def _report(self, running: _Running, label: str, *, data: bytes | None = None, error: str | None = None) -> None:
+        """Complete the task with its result (``data``) or ``error``. While the server cannot be reached or
+        fails, try again (the lease is still renewed, and a repeated completion is recognized); stop when the
+        claim is lost, or the worker's run has ended."""
+        path = f"/api/tasks/{running.task_id}/complete"
+        while not running.lost and not self._ended.is_set():
+            try:
+                if error is not None:
+                    outcome = {"error": error}
+                elif data is not None and len(data) <= MAX_INLINE_RESULT_BYTES:
+                    # A small result goes in the completion (the server stores it as a blob): 1 call, not 4.
+                    outcome = {"result_json": data.decode("ascii")}
+                else:
+                    assert data is not None
+                    outcome = {"result_sha1": self._store_result(data)}
+                self._call("POST", path, {"claim_id": running.claim_id, **outcome}, idempotent=True)
+            except KacheryCloudError as e:
+                if _transient(e):
+                    log.warning("task %s: %s; trying again", label, e)
+                    self._ended.wait(_UNREACHABLE_PAUSE_SEC)
+                    continue
+                if isinstance(e, ServerError) and e.error_code == "claim_lost":
+                    log.warning("task %s: %s", label, e)
+                    return
+                if error is not None:
+                    log.error("task %s: the server refused its error report: %s", label, e)
+                    return
+                # The result cannot be kept (the project's quota, say): the requester hears so.
+                error = clean_text(f"the result could not be stored: {e}")
+                log.warning("task %s: %s", label, error)
+                continue
+            if error is None:
+                log.info("task %s finished in %.2f s", label, time.monotonic() - running.started)
+            return
+        if running.lost:
+            log.warning("task %s was cancelled or handed to another worker; its outcome is discarded", label)
+
     def _store_result(self, data: bytes) -> str:
         assert self._config is not None
         sha1 = sha1_of_bytes(data)
@@ -249,31 +284,11 @@ class TaskBackend:
         upload_cached_blob(dataclasses.replace(self._config, project=self._project), sha1)
         return sha1
 
-    def _complete(self, running: _Running, label: str, outcome: dict[str, str]) -> None:
-        if running.lost:
-            log.warning("task %s was cancelled or handed to another worker; its outcome is discarded", label)
-            return
-        path = f"/api/tasks/{running.task_id}/complete"
-        try:
-            self._call("POST", path, {"claim_id": running.claim_id, **outcome}, idempotent=True)
-        except ServerError as e:
-            if e.error_code == "claim_lost":
-                log.warning("task %s: %s", label, e)
-                return
-            if "error" in outcome:
-                raise
-            # The server could not keep the result (the project's quota, the object store): the requester hears it.
-            outcome = {"error": f"the result could not be stored: {e}"}
-            log.warning("task %s: %s", label, outcome["error"])
-            self._call("POST", path, {"claim_id": running.claim_id, **outcome}, idempotent=True)
-        if "error" not in outcome:
-            log.info("task %s finished in %.2f s", label, time.monotonic() - running.started)
-
     # ------------------------------------------------------------------------------ leases and progress
 
     def _set_progress(self, running: _Running, message: str) -> None:
         with self._changed:
-            running.progress = message
+            running.progress = clean_text(message)
             self._changed.notify_all()
 
     def _heartbeats(self) -> None:
@@ -297,17 +312,20 @@ class TaskBackend:
                     last_renewal = time.monotonic()
                 continue
             try:
-                answer = self._call("POST", "/api/tasks/heartbeat", {"claims": claims}, idempotent=True)
+                # A renewal that hangs must not outlive the leases it renews.
+                timeout = (5.0, max(1.0, self._lease_sec / 3))
+                answer = self._call("POST", "/api/tasks/heartbeat", {"claims": claims}, idempotent=True,
+                                    timeout=timeout)  # fmt: skip
             except KacheryCloudError as e:
                 log.warning("could not renew task leases (%s); trying again", e)
                 continue
             if due:
                 last_renewal = time.monotonic()
-            lost = set(answer["lost"])
+            lost = set(answer["lost"])  # claim ids
             with self._lock:
                 still_running = set(self._running)
             for r in running:
-                if r.task_id in lost and r.claim_id in still_running and not r.lost:
+                if r.claim_id in lost and r.claim_id in still_running and not r.lost:
                     r.lost = True
                     log.warning("task %s (%s) was cancelled or handed to another worker", r.task_name, r.task_id[:12])
             time.sleep(_PROGRESS_MIN_INTERVAL_SEC)
@@ -325,6 +343,18 @@ class TaskBackend:
         if self._project:
             body = {"project_id": self._project, **body}
         return api_client(self._config).call(method, path, json_body=body, idempotent=idempotent, timeout=timeout)
+
+
+def _transient(e: KacheryCloudError) -> bool:
+    """A failure that passes: the server cannot be reached, is overloaded, or failed (5xx)."""
+    return isinstance(e, ServerUnreachableError) or (
+        isinstance(e, ServerError) and (e.status >= 500 or e.status == 429)
+    )
+
+
+def _unblock_signals() -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _error_text(text: str) -> str:

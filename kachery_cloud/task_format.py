@@ -3,8 +3,9 @@
 - A task is ``(task_type, task_name, task_input)``: the type is ``calculation`` (pure: the same name and input
   always give the same result, so a finished result is reused) or ``action`` (runs every time it is asked for).
 - A calculation's id is its *job id*: the SHA-1 of the canonical JSON of ``{"taskName": ..., "taskInput": ...}``,
-  so every client asking for the same calculation names the same task. An action's id is random, chosen by the
-  requester (so a retried request is not run twice).
+  so every client asking for the same calculation names the same task. An action's id is the SHA-1 of its
+  requester's client id and a random request id (so a retried request is not run twice, and no client can take
+  a calculation's id for an action).
 - Results are JSON blobs of the task's project. NumPy arrays inside a result travel as
   ``{"__ndarray__": "<base64 of the .npy bytes>"}``, which keeps dtype, shape and every bit.
 """
@@ -75,6 +76,17 @@ def input_json(task_input: Any) -> bytes:
 def job_id(task_name: str, task_input: Any) -> str:
     """The id of the calculation ``task_name`` on ``task_input``: the same on every machine."""
     return sha1_of_bytes(canonical_json_bytes({"taskName": task_name, "taskInput": task_input}))
+
+
+def action_id(client_id: str, request_id: str) -> str:
+    """The id of the action a client requested with ``request_id`` (32 random hex digits of its choosing)."""
+    return sha1_of_bytes(f"kachery-cloud-action\n{client_id}\n{request_id}".encode("ascii"))
+
+
+def clean_text(text: str) -> str:
+    """``text`` as a database keeps it everywhere: NUL characters and unpaired surrogates (from file names that
+    are not UTF-8) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def encode_result(value: Any) -> bytes:

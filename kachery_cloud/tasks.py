@@ -19,7 +19,7 @@ from typing import Any
 from ._connection import api_client
 from ._context import local_directory
 from .config import ClientConfig, load_config
-from .errors import InvalidArgumentError, ServerUnreachableError, TaskError, TaskTimeout
+from .errors import InvalidArgumentError, ServerError, ServerUnreachableError, TaskError, TaskTimeout
 from .fetching import fetch_blob
 from .task_format import (
     FINAL_STATES,
@@ -114,7 +114,7 @@ class TaskClient:
         deadline = None if timeout_sec is None else time.monotonic() + timeout_sec
         body: dict[str, Any] = {"task_type": task_type, "task_name": task_name, "task_input": task_input}
         if task_type == "action":
-            body["task_id"] = secrets.token_hex(20)  # ours, so a retried request does not run the action twice
+            body["request_id"] = secrets.token_hex(16)  # the same on a retry, so the action does not run twice
         project = self._project_id or config.project
         if project:
             body["project_id"] = project
@@ -137,7 +137,7 @@ class TaskClient:
             version, task_id, project = status["status_version"], status["task_id"], status["project_id"]
 
             def look(wait_sec: float, version: int = version, task_id: str = task_id, project: str = project) -> Any:
-                return _status_call(config, project, task_id, version, wait_sec)
+                return _status_call(config, project, task_id, version, wait_sec, with_input=False)
 
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -155,7 +155,8 @@ class TaskClient:
         """The task's state, progress, result URI or error, and its input."""
         validate_task_id(task_id)
         config = load_config()
-        return TaskStatus._from_answer(_status_call(config, self._project_id or config.project, task_id, 0, 0))
+        answer = _status_call(config, self._project_id or config.project, task_id, 0, 0, with_input=True)
+        return TaskStatus._from_answer(answer)
 
     def list_tasks(
         self, *, state: str | None = None, task_name: str | None = None, limit: int = 100
@@ -200,8 +201,12 @@ def request_task(
     )
 
 
-def _status_call(config: ClientConfig, project: str | None, task_id: str, after_version: int, wait_sec: float) -> Any:
+def _status_call(
+    config: ClientConfig, project: str | None, task_id: str, after_version: int, wait_sec: float, *, with_input: bool
+) -> Any:
     params: dict[str, Any] = {"after_version": after_version, "wait_ms": int(wait_sec * 1000)}
+    if with_input:
+        params["with_input"] = "true"
     if project:
         params["project_id"] = project
     return api_client(config).call(
@@ -210,14 +215,15 @@ def _status_call(config: ClientConfig, project: str | None, task_id: str, after_
 
 
 def _until_answered(call: Callable[[float], dict[str, Any]], deadline: float | None) -> dict[str, Any]:
-    """``call(wait)`` with the longest long-poll the deadline allows; a server that cannot be reached (restarting)
-    is asked again until the deadline."""
+    """``call(wait)`` with the longest long-poll the deadline allows; a server that cannot be reached or fails
+    (restarting, behind a proxy answering 502) is asked again until the deadline."""
     while True:
         remaining = MAX_WAIT_SEC if deadline is None else min(MAX_WAIT_SEC, deadline - time.monotonic())
         try:
             return call(max(0.0, remaining))
-        except ServerUnreachableError:
-            if deadline is not None and deadline - time.monotonic() <= 0:
+        except (ServerUnreachableError, ServerError) as e:
+            passing = isinstance(e, ServerUnreachableError) or e.status >= 500 or e.status == 429
+            if not passing or (deadline is not None and deadline - time.monotonic() <= 0):
                 raise
             time.sleep(_UNREACHABLE_PAUSE_SEC)
 

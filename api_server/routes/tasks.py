@@ -47,7 +47,9 @@ class RequestBody(BaseModel):
     task_type: Literal["calculation", "action"]
     task_name: str
     task_input: dict[str, Any] = Field(description="the task function's keyword arguments")
-    task_id: str | None = Field(None, description="actions: 40 random hex digits chosen by the requester")
+    request_id: str | None = Field(
+        None, pattern=_HEX32, description="actions: 32 random hex digits chosen by the requester (the same on a retry)"
+    )
     wait_ms: int = _WAIT
 
 
@@ -96,7 +98,7 @@ class HeartbeatBody(BaseModel):
 
 class HeartbeatResponse(BaseModel):
     lease_sec: int
-    lost: list[str] = Field(description="tasks no longer claimed by this worker (cancelled, or handed to another)")
+    lost: list[str] = Field(description="claim ids no longer held (the task was cancelled, or handed to another)")
 
 
 class CompleteBody(BaseModel):
@@ -127,7 +129,7 @@ async def request_task(body: RequestBody, caller: OptionalCaller, context: Conte
     """Find or create a task. A finished calculation answers its result at once; with ``wait_ms`` the answer waits
     for the task's end, or its first progress message."""
     return await context.tasks.request(
-        caller, body.project_id, body.task_type, body.task_name, body.task_input, body.task_id, body.wait_ms
+        caller, body.project_id, body.task_type, body.task_name, body.task_input, body.request_id, body.wait_ms
     )
 
 
@@ -152,9 +154,10 @@ async def task_status(
     project_id: str | None = Query(None),
     after_version: int = Query(0, ge=0, description="wait for a status_version above this"),
     wait_ms: int = Query(0, ge=0, le=MAX_WAIT_SEC * 1000),
+    with_input: bool = Query(False, description="include the task's input"),
 ) -> dict:
-    """A task's status with its input. With ``wait_ms``: wait until it changes past ``after_version`` or ends."""
-    return await context.tasks.status(caller, project_id, task_id, after_version, wait_ms)
+    """A task's status. With ``wait_ms``: wait until it changes past ``after_version`` or ends."""
+    return await context.tasks.status(caller, project_id, task_id, after_version, wait_ms, with_input)
 
 
 @router.post("/{task_id}/cancel", response_model=CancelResponse)

@@ -44,6 +44,8 @@ from kachery_cloud.task_format import (
     MAX_ERROR_CHARS,
     MAX_INLINE_RESULT_BYTES,
     MAX_PROGRESS_CHARS,
+    action_id,
+    clean_text,
     input_json,
     job_id,
     validate_task_id,
@@ -95,7 +97,7 @@ class TaskService:
         task_type: str,
         task_name: str,
         task_input: Any,
-        task_id: str | None,
+        request_id: str | None,
         wait_ms: int,
     ) -> dict[str, Any]:
         """Find or create the task; with ``wait_ms``, wait for its end (or its first progress message) before
@@ -104,12 +106,13 @@ class TaskService:
         _check(validate_task_name, task_name)
         body = _check(input_json, task_input).decode("ascii")
         if task_type == "calculation":
-            if task_id is not None and task_id != job_id(task_name, task_input):
-                raise InvalidRequest("a calculation's task_id is its job id; leave it out", error_code="bad_task_id")
             task_id = job_id(task_name, task_input)
-        elif task_id is None:
-            raise InvalidRequest("an action needs a task_id: 40 random hex digits chosen by the requester")
-        _check(validate_task_id, task_id)
+        elif request_id is None:
+            raise InvalidRequest("an action needs a request_id: 32 random hex digits chosen by the requester")
+        elif caller.client_id is None:
+            raise Forbidden("an anonymous (ephemeral) client cannot request actions", error_code="permission_denied")
+        else:
+            task_id = action_id(caller.client_id, request_id)
         args = (caller, project_id, task_type, task_name, body, task_id)
         try:
             status = await run_in_threadpool(self._request, *args)
@@ -127,8 +130,8 @@ class TaskService:
             project = projects.caller_project(session, caller, project_id, "read")
             row = _locked(session, project.id, task_id)
             if row is not None and (row.task_type, row.task_name, row.input) != (task_type, task_name, body):
-                raise Conflict(f"task id {task_id} is taken by another task; use a new random id for each action",
-                               error_code="task_id_reused")  # fmt: skip
+                raise Conflict("request id already used for another task; use a new random one for each action",
+                               error_code="request_id_reused")  # fmt: skip
             if row is None or (task_type == "calculation" and row.state in ("error", "cancelled")):
                 _require_requester(session, project, caller)
                 if row is None:
@@ -158,7 +161,13 @@ class TaskService:
         return status
 
     async def status(
-        self, caller: Caller, project_id: str | None, task_id: str, after_version: int, wait_ms: int
+        self,
+        caller: Caller,
+        project_id: str | None,
+        task_id: str,
+        after_version: int,
+        wait_ms: int,
+        with_input: bool = False,
     ) -> dict[str, Any]:
         """The task's status; if its ``status_version`` is not above ``after_version`` yet and it has not ended,
         wait up to ``wait_ms`` for a change."""
@@ -170,7 +179,7 @@ class TaskService:
         with self.wakeups.subscription(task_topic(project_id, task_id)) as woken:
             while True:
                 woken.clear()
-                status = await run_in_threadpool(self._status, caller, project_id, task_id, first)
+                status = await run_in_threadpool(self._status, caller, project_id, task_id, first, with_input)
                 first = False
                 remaining = deadline - loop.time()
                 changed = status["status_version"] > after_version or status["state"] in FINAL_STATES
@@ -183,7 +192,7 @@ class TaskService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), remaining)
 
-    def _status(self, caller: Caller, project_id: str, task_id: str, count: bool) -> dict[str, Any]:
+    def _status(self, caller: Caller, project_id: str, task_id: str, count: bool, with_input: bool) -> dict[str, Any]:
         with self.db.transaction() as session:
             projects.require_caller_role(session, project_id, caller, "read")
             topics = _expire_leases(session, project_id, task_id)
@@ -194,7 +203,7 @@ class TaskService:
             if count:
                 add_usage(session, project_id, requests=1)
             self._publish_in(session, topics)
-            status = _status(row, with_input=True)
+            status = _status(row, with_input=with_input)
         self._wake(topics)
         return status
 
@@ -340,8 +349,8 @@ class TaskService:
     def heartbeat(
         self, caller: Caller, project_id: str | None, claims: list[tuple[str, str, str | None]]
     ) -> dict[str, Any]:
-        """Renew the leases of ``claims`` (task id, claim id, new progress message or None); answers which claims
-        are lost (cancelled, or handed to another worker after the lease ran out)."""
+        """Renew the leases of ``claims`` (task id, claim id, new progress message or None); answers the claim ids
+        that are lost (cancelled, or handed to another worker after the lease ran out)."""
         now = now_ms()
         lost: list[str] = []
         topics: list[str] = []
@@ -355,11 +364,12 @@ class TaskService:
                 if row is not None and row.claim_id == claim_id and row.state in ("finished", "error"):
                     continue  # completed by this very claim while the renewal was on its way
                 if row is None or not _holds(row, claim_id, caller):
-                    lost.append(task_id)
+                    lost.append(claim_id)
                     continue
                 row.lease_expires_at_ms = now + self.settings.task_lease_sec * 1000
-                if progress is not None and progress[:MAX_PROGRESS_CHARS] != row.progress:
-                    _change(row, news=True, progress=progress[:MAX_PROGRESS_CHARS])
+                progress = clean_text(progress[:MAX_PROGRESS_CHARS]) if progress is not None else None
+                if progress is not None and progress != row.progress:
+                    _change(row, news=True, progress=progress)
                     topics.append(task_topic(project.id, task_id))
             add_usage(session, project.id, requests=1)
             self._publish_in(session, topics)
@@ -382,6 +392,8 @@ class TaskService:
         if len(given) != 1 or not given.keys() <= {"result_json", "result_sha1", "error"}:
             raise InvalidRequest("a completion carries exactly one of result_json, result_sha1 or error")
         result_json, result_sha1, error = given.get("result_json"), given.get("result_sha1"), given.get("error")
+        if error is not None:
+            error = clean_text(error[:MAX_ERROR_CHARS])
         data = None
         if result_json is not None:
             data = _result_bytes(result_json)
@@ -409,7 +421,7 @@ class TaskService:
                 _change(row, news=True, state="finished", result_sha1=result_sha1, result_size=blob.size,
                         result_json=result_json, lease_expires_at_ms=None)  # fmt: skip
             else:
-                _change(row, news=True, state="error", error=(error or "")[:MAX_ERROR_CHARS], lease_expires_at_ms=None)
+                _change(row, news=True, state="error", error=error, lease_expires_at_ms=None)
             add_usage(session, project_id, requests=1)
             self._publish_in(session, topics)
             status = _status(row, with_input=False)
@@ -529,7 +541,7 @@ def _result_bytes(result_json: str) -> bytes:
 def _same_completion(row: Task, claim_id: str, result_sha1: str | None, error: str | None) -> bool:
     if row.claim_id != claim_id or row.state not in ("finished", "error"):
         return False
-    return row.result_sha1 == result_sha1 and (error is None or row.error == error[:MAX_ERROR_CHARS])
+    return row.result_sha1 == result_sha1 and (error is None or row.error == error)
 
 
 def _holds(row: Task, claim_id: str, caller: Caller) -> bool:

@@ -201,7 +201,7 @@ def test_a_result_over_the_project_quota_is_an_error(
     registered.admin("create-project", project, "--quota", "1024")
     monkeypatch.setenv("KACHERY_CLOUD_PROJECT", project)
     workers.start()
-    with pytest.raises(kcl.TaskError, match="the result could not be stored: .*quota"):
+    with pytest.raises(kcl.TaskError, match=r"the result could not be stored: .*quota"):
         kcl.request_task("action", "test.echo", {"text": "y" * 2000})
     assert kcl.request_task("action", "test.echo", {"text": "fits"}) == {"text": "fits"}
 
@@ -343,31 +343,34 @@ def test_a_late_result_of_a_lost_claim_is_refused(registered: RunningServer) -> 
     from kachery_cloud._connection import api_client
 
     api = api_client()
-    request = {"task_type": "action", "task_name": "test.late", "task_input": {}, "task_id": "ab" * 20}
-    api.call("POST", "/api/tasks/request", json_body=request)
+    request = {"task_type": "action", "task_name": "test.late", "task_input": {}, "request_id": "ab" * 16}
+    task_id = api.call("POST", "/api/tasks/request", json_body=request)["task_id"]
+    assert api.call("POST", "/api/tasks/request", json_body=request)["task_id"] == task_id  # a retry: the same
+    complete = f"/api/tasks/{task_id}/complete"
     claim = {"handlers": [{"task_type": "action", "task_name": "test.late"}], "worker_id": "1" * 32, "wait_ms": 5000}
     first = api.call("POST", "/api/tasks/claim", json_body=claim)["tasks"][0]
     time.sleep(LEASE_SEC + 0.5)
     second = api.call("POST", "/api/tasks/claim", json_body={**claim, "worker_id": "2" * 32})["tasks"][0]
-    assert second["task_id"] == first["task_id"] and second["attempts"] == 2
-    lost = api.call(
-        "POST", "/api/tasks/heartbeat", json_body={"claims": [{"task_id": "ab" * 20, "claim_id": first["claim_id"]}]}
-    )
-    assert lost["lost"] == ["ab" * 20]
+    assert second["task_id"] == first["task_id"] == task_id and second["attempts"] == 2
+    renewal = {"claims": [{"task_id": task_id, "claim_id": first["claim_id"]}]}
+    assert api.call("POST", "/api/tasks/heartbeat", json_body=renewal)["lost"] == [first["claim_id"]]
     with pytest.raises(kcl.ServerError) as refused:
-        api.call("POST", f"/api/tasks/{'ab' * 20}/complete", json_body={"claim_id": first["claim_id"], "error": "late"})
+        api.call("POST", complete, json_body={"claim_id": first["claim_id"], "error": "late"})
     assert refused.value.error_code == "claim_lost"
-    # The result must be a blob of the project.
+    # An uploaded result must be a blob of the project.
     with pytest.raises(kcl.ServerError) as unstored:
-        body = {"claim_id": second["claim_id"], "result_sha1": "0" * 40}
-        api.call("POST", f"/api/tasks/{'ab' * 20}/complete", json_body=body)
+        api.call("POST", complete, json_body={"claim_id": second["claim_id"], "result_sha1": "0" * 40})
     assert unstored.value.error_code == "result_not_stored"
-    body = {"claim_id": second["claim_id"], "error": "done badly"}
-    done = api.call("POST", f"/api/tasks/{'ab' * 20}/complete", json_body=body)
-    assert api.call("POST", f"/api/tasks/{'ab' * 20}/complete", json_body=body) == done  # a retry is answered alike
-    assert done["state"] == "error" and done["error"] == "done badly"
+    # Text a database cannot keep as such (NUL, an unpaired surrogate from a non-UTF-8 file name) is escaped.
+    progress = {"claims": [{"task_id": task_id, "claim_id": second["claim_id"], "progress": "at \x00 \udc80"}]}
+    assert api.call("POST", "/api/tasks/heartbeat", json_body=progress)["lost"] == []
+    assert api.call("GET", f"/api/tasks/{task_id}")["progress"] == "at \\x00 \\udc80"
+    body = {"claim_id": second["claim_id"], "error": "done badly \x00"}
+    done = api.call("POST", complete, json_body=body)
+    assert api.call("POST", complete, json_body=body) == done  # a retry is answered alike
+    assert done["state"] == "error" and done["error"] == "done badly \\x00"
     # A renewal that crossed its own completion is not told the claim was lost.
-    late_renewal = {"claims": [{"task_id": "ab" * 20, "claim_id": second["claim_id"]}]}
+    late_renewal = {"claims": [{"task_id": task_id, "claim_id": second["claim_id"]}]}
     assert api.call("POST", "/api/tasks/heartbeat", json_body=late_renewal)["lost"] == []
 
 
