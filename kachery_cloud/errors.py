@@ -140,3 +140,11 @@ class VersionConflictError(ServerError):
 
 class RateLimitedError(ServerError):
     """The server kept answering 429 Too Many Requests."""
+
+
+def is_passing_failure(e: BaseException) -> bool:
+    """A failure that may pass if the same call is made again later: the server could not be reached, was
+    overloaded (429) or failed (5xx). Long waits (tasks, feeds) ride these out until their deadline."""
+    if isinstance(e, ServerUnreachableError):
+        return True
+    return isinstance(e, ServerError) and (e.status >= 500 or e.status == 429)

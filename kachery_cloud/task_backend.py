@@ -28,7 +28,7 @@ from typing import Any
 from ._connection import api_client, require_writable
 from ._context import local_directory
 from .config import ClientConfig, load_config
-from .errors import InvalidArgumentError, KacheryCloudError, ServerError, ServerUnreachableError
+from .errors import InvalidArgumentError, KacheryCloudError, ServerError, is_passing_failure
 from .hashing import sha1_of_bytes
 from .storing import upload_cached_blob
 from .task_format import (
@@ -39,6 +39,7 @@ from .task_format import (
     clean_text,
     encode_result,
     validate_task_name,
+    validate_task_type,
 )
 
 log = logging.getLogger("kachery_cloud.tasks")
@@ -104,8 +105,7 @@ class TaskBackend:
     ) -> None:
         """Run ``task_function(**task_input, **extra_kwargs)`` for tasks of this type and name. It returns
         JSON-serializable data, NumPy arrays included (kept exact); what it raises becomes the task's error."""
-        if task_type not in ("calculation", "action"):
-            raise InvalidArgumentError(f"task_type must be 'calculation' or 'action', not {task_type!r}")
+        validate_task_type(task_type)
         validate_task_name(task_name)
         if not callable(task_function):
             raise InvalidArgumentError(f"task_function must be callable, not {type(task_function).__name__}")
@@ -166,7 +166,7 @@ class TaskBackend:
                 answer = self._call("POST", "/api/tasks/claim", body, idempotent=False,
                                     timeout=(10.0, MAX_WAIT_SEC + _CLAIM_TIMEOUT_MARGIN_SEC))  # fmt: skip
             except KacheryCloudError as e:
-                if not _transient(e):
+                if not is_passing_failure(e):
                     raise
                 log.warning("%s; trying again", e)
                 self._stopping.wait(_UNREACHABLE_PAUSE_SEC)
@@ -257,7 +257,7 @@ class TaskBackend:
                     outcome = {"result_sha1": self._store_result(data)}
                 self._call("POST", path, {"claim_id": running.claim_id, **outcome}, idempotent=True)
             except KacheryCloudError as e:
-                if _transient(e):
+                if is_passing_failure(e):
                     log.warning("task %s: %s; trying again", label, e)
                     self._ended.wait(_UNREACHABLE_PAUSE_SEC)
                     continue
@@ -343,13 +343,6 @@ class TaskBackend:
         if self._project:
             body = {"project_id": self._project, **body}
         return api_client(self._config).call(method, path, json_body=body, idempotent=idempotent, timeout=timeout)
-
-
-def _transient(e: KacheryCloudError) -> bool:
-    """A failure that passes: the server cannot be reached, is overloaded, or failed (5xx)."""
-    return isinstance(e, ServerUnreachableError) or (
-        isinstance(e, ServerError) and (e.status >= 500 or e.status == 429)
-    )
 
 
 def _unblock_signals() -> None:

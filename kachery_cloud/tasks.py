@@ -19,7 +19,14 @@ from typing import Any
 from ._connection import api_client
 from ._context import local_directory
 from .config import ClientConfig, load_config
-from .errors import InvalidArgumentError, ServerError, ServerUnreachableError, TaskError, TaskTimeout
+from .errors import (
+    InvalidArgumentError,
+    ServerError,
+    ServerUnreachableError,
+    TaskError,
+    TaskTimeout,
+    is_passing_failure,
+)
 from .fetching import fetch_blob
 from .task_format import (
     FINAL_STATES,
@@ -222,8 +229,7 @@ def _until_answered(call: Callable[[float], dict[str, Any]], deadline: float | N
         try:
             return call(max(0.0, remaining))
         except (ServerUnreachableError, ServerError) as e:
-            passing = isinstance(e, ServerUnreachableError) or e.status >= 500 or e.status == 429
-            if not passing or (deadline is not None and deadline - time.monotonic() <= 0):
+            if not is_passing_failure(e) or (deadline is not None and deadline - time.monotonic() <= 0):
                 raise
             time.sleep(_UNREACHABLE_PAUSE_SEC)
 
