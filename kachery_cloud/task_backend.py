@@ -6,7 +6,7 @@ stores each result as a blob of the project and reports it.
   dies, the lease runs out and the server hands the task to another worker.
 - ``num_workers`` tasks run at once, in threads of this process (NumPy and I/O release the GIL; for CPU-bound
   pure-Python functions run several worker processes instead).
-- Ctrl-C (or SIGTERM) stops claiming and lets the running tasks finish; a second Ctrl-C hands them back to the
+- Ctrl-C (or SIGTERM) stops claiming and lets the running tasks finish; a second one hands them back to the
   server, for another worker, and returns at once. :meth:`TaskBackend.stop` is the first Ctrl-C from code.
 """
 
@@ -47,6 +47,7 @@ log = logging.getLogger("kachery_cloud.tasks")
 _CLAIM_TIMEOUT_MARGIN_SEC = 30.0  # on top of the claim's long-poll
 _UNREACHABLE_PAUSE_SEC = 2.0  # between attempts to reach a restarting server
 _PROGRESS_MIN_INTERVAL_SEC = 0.25  # progress messages are sent at most this often per worker
+_SIGNAL_CHECK_SEC = 0.2  # how soon the main thread notices a stop or hand-back flag set by a signal
 _current = threading.local()  # .reporter: the progress reporter of the task running in this thread
 
 
@@ -90,6 +91,7 @@ class TaskBackend:
         self._changed = threading.Condition(self._lock)  # a task ended, or progress waits to be sent
         self._stopping = threading.Event()  # no more claims
         self._ended = threading.Event()  # run() has returned: no more lease renewals
+        self._hand_back = threading.Event()  # a second Ctrl-C: hand the running tasks back now
         self._worker_id = ""
         self._lease_sec = 30.0
         self._config: ClientConfig | None = None
@@ -116,9 +118,12 @@ class TaskBackend:
     def stop(self) -> None:
         """Stop claiming tasks; :meth:`run` returns once the running ones have finished. Callable from any thread."""
         self._stopping.set()
+        self._release_quietly()  # also ends our waiting claim, on the server
+
+    def _release_quietly(self) -> None:
         if self._config is not None:
             with contextlib.suppress(KacheryCloudError):
-                self._release(keep_running=True)  # also ends our waiting claim, on the server
+                self._release(keep_running=True)
 
     def run(self) -> None:
         """Serve tasks until Ctrl-C, SIGTERM or :meth:`stop`; see the module's description."""
@@ -130,15 +135,14 @@ class TaskBackend:
         self._project = self._project_id or config.project or ""
         self._config = config
         self._ended.clear()  # (not _stopping: a stop() just before this line must still end this run)
+        self._hand_back.clear()
         heartbeat = threading.Thread(target=self._heartbeats, name="kachery-task-leases", daemon=True)
-        with _stderr_logging(config), _sigterm_as_interrupt():
+        with _stderr_logging(config), self._stopped_by_signals():
             names = ", ".join(sorted(f"{name} ({kind})" for kind, name in self._handlers))
             log.info("worker %s serving %s with %d worker(s)", self._worker_id[:8], names, self._num_workers)
             heartbeat.start()
             try:
                 self._serve()
-            except KeyboardInterrupt:
-                pass
             finally:  # also when the server refused us: running tasks still finish or are handed back
                 self._stopping.set()
                 try:
@@ -156,7 +160,7 @@ class TaskBackend:
         while not self._stopping.is_set():
             with self._changed:
                 while len(self._running) >= self._num_workers and not self._stopping.is_set():
-                    self._changed.wait(1.0)
+                    self._changed.wait(_SIGNAL_CHECK_SEC)
                 free = self._num_workers - len(self._running)
             if self._stopping.is_set():
                 return
@@ -177,10 +181,9 @@ class TaskBackend:
 
     def _start_tasks(self, tasks: list[dict[str, Any]]) -> None:
         """Run the claimed ``tasks``, unless the worker is stopping: then _finish hands them back."""
-        # A Ctrl-C between recording a task as running and starting its thread would leave _finish waiting for
-        # a task that never runs; so signals wait until both are done. Checking _stopping under the lock that
-        # stop() reads the running tasks under means a task is either run here or handed back there, never both.
-        with _signals_deferred(), self._lock:
+        # Checking _stopping under the lock that _release reads the running tasks under: a task is either run here
+        # or handed back there, never both.
+        with self._lock:
             if self._stopping.is_set():
                 return
             for task in tasks:
@@ -193,20 +196,42 @@ class TaskBackend:
     def _finish(self) -> None:
         """Hand back what a stopped claim may have taken, then let the running tasks finish; a second Ctrl-C
         hands those back too."""
-        try:
-            with contextlib.suppress(KacheryCloudError):
-                self._release(keep_running=True)
-            with self._changed:
-                if self._running:
-                    log.info("finishing %d running task(s); press Ctrl-C again to hand them back and stop now",
-                             len(self._running))  # fmt: skip
-                while self._running:
-                    self._changed.wait(1.0)
-        except KeyboardInterrupt:
+        self._release_quietly()
+        with self._changed:
+            if self._running:
+                log.info("finishing %d running task(s); press Ctrl-C again to hand them back and stop now",
+                         len(self._running))  # fmt: skip
+            while self._running and not self._hand_back.is_set():
+                self._changed.wait(_SIGNAL_CHECK_SEC)
+        if self._hand_back.is_set():
             released = self._release(keep_running=False)
             log.info("handed back %d task(s) for another worker", len(released))
             # Their threads go on until this process exits; exit soon after a hand-back (a notebook kernel that
             # keeps running would run a handed-back action alongside the worker that took it over).
+
+    @contextlib.contextmanager
+    def _stopped_by_signals(self) -> Iterator[None]:
+        """Ctrl-C and SIGTERM (systemd, docker stop, kill) stop the worker, a second one hands its tasks back.
+        The handlers only set flags: an exception raised at an arbitrary point of the main thread could leave a
+        lock held or a claimed task unrecorded. Main thread only (elsewhere, use :meth:`stop`)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(_signum: int, _frame: Any) -> None:
+            if self._stopping.is_set():
+                self._hand_back.set()
+            else:
+                self._stopping.set()
+                # Not here: the main thread may be inside a request. The release ends our waiting claim.
+                threading.Thread(target=self._release_quietly, name="kachery-task-stop", daemon=True).start()
+
+        previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     def _release(self, *, keep_running: bool) -> list[str]:
         with self._lock:
@@ -217,7 +242,6 @@ class TaskBackend:
     # ------------------------------------------------------------------------------------------- running
 
     def _run_one(self, running: _Running, task: dict[str, Any]) -> None:
-        _unblock_signals()  # the thread was started with them held back; its subprocesses must get them
         handler = self._handlers[(task["task_type"], task["task_name"])]
         label = f"{running.task_name} ({running.task_id[:12]})"
         _current.reporter = lambda message: self._set_progress(running, message)
@@ -345,11 +369,6 @@ class TaskBackend:
         return api_client(self._config).call(method, path, json_body=body, idempotent=idempotent, timeout=timeout)
 
 
-def _unblock_signals() -> None:
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
 def _error_text(text: str) -> str:
     """A traceback cut to the size the server keeps, keeping its end (where the error is)."""
     return text if len(text) <= MAX_ERROR_CHARS else "...\n" + text[-(MAX_ERROR_CHARS - 4) :]
@@ -371,33 +390,3 @@ def _stderr_logging(config: ClientConfig) -> Iterator[None]:
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back until the block is done (main thread only; elsewhere they never arrive)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (systemd, docker stop, kill) stops the worker as Ctrl-C does (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
