@@ -1,5 +1,6 @@
-"""The embedded object store: a nanio process, child of the API server, on a free loopback port, with its data
-and generated credentials in the server's data directory. It dies with the server, even on kill -9 (Linux)."""
+"""The embedded object store: a nanio process (with the SHA-1 check of :mod:`.checked_store`), child of the API
+server, on a free loopback port, with its data and generated credentials in the server's data directory. It dies
+with the server, even on kill -9 (Linux)."""
 
 from __future__ import annotations
 
@@ -86,8 +87,7 @@ class EmbeddedS3:
 
     def _spawn(self, port: int, access_key: str, secret_key: str) -> None:
         env = {**os.environ, "NANIO_ACCESS_KEY": access_key, "NANIO_SECRET_KEY": secret_key}
-        command = [sys.executable, "-m", "nanio", "serve", "--data-dir", str(self.dir), "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+        command = [sys.executable, "-m", "api_server.checked_store", str(self.dir), "127.0.0.1", str(port)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command,

@@ -73,10 +73,13 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 def cloud(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases
 ) -> Iterator[RunningServer]:
-    """A server per test module on each object store: the embedded nanio (uploads re-hashed by the server)
-    with SQLite, and SeaweedFS (which checks SHA-1 checksums itself) with PostgreSQL."""
+    """A server per test module on each object store: the embedded nanio with SQLite, where the server is told to
+    re-hash every upload (so that path is tested), and SeaweedFS with PostgreSQL, where single PUTs are checked by
+    the store's own SHA-1 check (as on the embedded store by default)."""
     settings: dict = dict(CLOUD_TEST_SETTINGS)
     database_url = None
+    if request.param == "nanio-sqlite":
+        settings["verify_uploads"] = "rehash"
     if request.param == "seaweedfs-postgresql":
         import secrets
 

@@ -34,6 +34,34 @@ def server_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_the_embedded_store_refuses_a_put_whose_body_does_not_match_its_sha1(tmp_path: Path) -> None:
+    import base64
+    import hashlib
+
+    server = start_server(tmp_path / "server")
+    try:
+        assert "single PUTs checked by the store's SHA-1 check" in server.log()
+        s3, bucket = server.s3_client()
+        data = os.urandom(300_000)
+        checksum = base64.b64encode(hashlib.sha1(data).digest()).decode()
+        params = {"Bucket": bucket, "Key": "probe/object", "ChecksumSHA1": checksum}
+        url = s3.generate_presigned_url("put_object", Params=params)
+        headers = {"x-amz-checksum-sha1": checksum}
+        wrong = requests.put(url, data=data[:-1] + b"!", headers=headers, timeout=30)
+        assert wrong.status_code == 400 and "<Code>BadDigest</Code>" in wrong.text
+        with pytest.raises(Exception, match="404|Not Found"):
+            s3.head_object(Bucket=bucket, Key="probe/object")
+        bad_header = requests.put(url, data=data, headers={"x-amz-checksum-sha1": "not base64!"}, timeout=30)
+        assert bad_header.status_code in (400, 403)
+        right = requests.put(url, data=data, headers=headers, timeout=30)
+        assert right.status_code == 200
+        assert s3.get_object(Bucket=bucket, Key="probe/object")["Body"].read() == data
+        plain = requests.put(s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "p"}), data=b"x")
+        assert plain.status_code == 200  # no checksum header: nothing to check
+    finally:
+        server.stop()
+
+
 def test_first_start_creates_everything_and_a_restart_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir = tmp_path / "server"
     server = start_server(data_dir)
@@ -41,7 +69,7 @@ def test_first_start_creates_everything_and_a_restart_keeps_it(tmp_path: Path, m
         assert (data_dir / name).exists(), name
     assert (data_dir / "s3-credentials.json").stat().st_mode & 0o077 == 0
     children = server.child_pids()
-    assert len(children) == 1  # nanio
+    assert len(children) == 1  # the embedded store (nanio with the SHA-1 check)
     monkeypatch.setenv("KACHERY_CLOUD_API_URL", server.url)
     info = kcl.init(quiet=True)
     assert info["default_project_id"] == "default"
