@@ -128,14 +128,17 @@ class Blob(Base):
     """A verified object in a project: its bytes in the bucket have SHA-1 ``sha1``."""
 
     __tablename__ = "blobs"
+    __table_args__ = (Index("ix_blobs_sha1", "sha1"),)  # find: by hash, whatever the project
 
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
     sha1: Mapped[str] = mapped_column(String(40), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_by_client_id: Mapped[str | None] = mapped_column(String(64))
     created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
-    # None: the canonical key of (project_id, sha1); else the key the verified multipart upload wrote.
+    # None: the canonical key of (project_id, sha1); else the key the verified multipart upload wrote, or the
+    # key of the pack that holds this blob at ``pack_offset``.
     object_key: Mapped[str | None] = mapped_column(Text)
+    pack_offset: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Upload(Base):
