@@ -1,4 +1,5 @@
-"""kachery-cloud project API server: identity, projects, presigned URLs; blob bytes never pass through it.
+"""kachery-cloud project API server: identity, projects, presigned URLs; blob bytes pass
+through it only for small blobs sent inline.
 
 Layers (each imports only from those above it): settings → db → storage → auth → services → routes → web →
 app + cli. See shared/DESIGN.md §2-3. The only client code imported here is kachery_cloud's pure layer 2

@@ -104,11 +104,12 @@ def _sweep_uploads(context: ServerContext, stop: threading.Event) -> None:
         stop.wait(interval)
 
 
-MAX_BODY_BYTES = 1 << 20  # API bodies are small JSON; blob bytes never come here
+MAX_BODY_BYTES = 1 << 20  # API bodies are small JSON; blob bytes come here only in small batches of small blobs
 # Except these: a mutable value (1 MiB, which JSON escaping can make 6 MiB), a feed append (4 MiB of
-# messages, which escaping inside JSON strings can double) and a task request (1 MiB of input as JSON).
+# messages, which escaping inside JSON strings can double), a task request (1 MiB of input as JSON) and
+# small blobs sent inline (4 MiB, base64).
 LARGE_BODY_BYTES = 16 << 20
-_LARGE_BODY_PATHS = re.compile(r"^/api/(mutables/set|feeds/[^/]+/messages|tasks/request)$")
+_LARGE_BODY_PATHS = re.compile(r"^/api/(mutables/set|feeds/[^/]+/messages|tasks/request|blobs/inline)$")
 
 
 class _RequestGuard:
@@ -116,7 +117,7 @@ class _RequestGuard:
 
     - the Host header names this server (stops DNS rebinding, where a web page points its own domain at
       127.0.0.1 and drives the local API from a visitor's browser);
-    - the body is at most :data:`MAX_BODY_BYTES` (:data:`LARGE_BODY_BYTES` for the two endpoints that take
+    - the body is at most :data:`MAX_BODY_BYTES` (:data:`LARGE_BODY_BYTES` for the endpoints that take
       large values), 413 before reading it when Content-Length says so;
     - responses forbid framing (clickjacking of the registration page).
     """

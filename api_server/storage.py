@@ -1,7 +1,8 @@
 """Server layer 3: the S3 side. One boto3 client, made from :class:`S3Settings`; object keys per project;
 presigned URLs for clients; verification of what they uploaded.
 
-Blob bytes never pass through the API server: clients PUT and GET them with the URLs signed here.
+Blob bytes do not pass through the API server: clients PUT and GET them with the URLs signed here. (Small
+blobs are the exception: a client may send up to 4 MiB of them inside one request, which the server writes.)
 
 Object keys (under ``key_prefix``):
 
@@ -10,6 +11,9 @@ Object keys (under ``key_prefix``):
   write to this key, by anyone, therefore stores exactly the bytes with that hash.
 - ``projects/<p>/sha1/aa/bb/cc/<sha1>.<upload id>``: a multipart upload completed by the server, then re-hashed
   before it is recorded. No client ever gets a URL that could write it again: part URLs die with the upload.
+- ``projects/<p>/packs/aa/<sha1 of the pack>``: small blobs sent inline, written by the server as one object
+  (their bytes one after the other); each blob's row records its offset. One PUT instead of a thousand, and a
+  client loading many of them reads a range of the pack instead of making a request per blob.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class Storage:
     def blob_key(self, project_id: str, sha1: str) -> str:
         """``<prefix>projects/<project>/sha1/aa/bb/cc/<sha1>``: the cache layout, under one prefix per project."""
         return f"{self.settings.key_prefix}projects/{project_id}/sha1/{sha1[0:2]}/{sha1[2:4]}/{sha1[4:6]}/{sha1}"
+
+    def pack_key(self, project_id: str, pack_sha1: str) -> str:
+        return f"{self.settings.key_prefix}projects/{project_id}/packs/{pack_sha1[0:2]}/{pack_sha1}"
 
     def upload_key(self, project_id: str, sha1: str, upload_id: str) -> str:
         """A key of its own for one multipart upload, beside the blob's canonical key."""

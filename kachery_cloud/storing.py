@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._connection import api_client, require_writable
 from ._context import local_directory
@@ -20,6 +21,9 @@ from .config import ClientConfig, load_config
 from .errors import IntegrityError, InvalidArgumentError, QuotaExceededError, ServerError
 from .files import StrPath, copy_into_store, hash_with_memo, regular_file
 from .uri import format_uri
+
+if TYPE_CHECKING:  # requests loads on first use
+    from .api.client import ApiClient
 
 _ROUNDS = 3  # plan-upload-complete rounds before giving up on blobs the server did not record
 
@@ -73,7 +77,12 @@ def upload_blobs(config: ClientConfig, sources: dict[str, tuple[Path, int]], *, 
     from .transfer.upload import UploadExpiredError, upload_files  # requests loads on first use
 
     api = api_client(config)
-    pending = dict(sources)
+    small = {sha1: path for sha1, (path, size) in sources.items() if size <= blobs_api.INLINE_MAX_BYTES}
+    if small:
+        _store_inline(api, config, small)
+    pending = {sha1: source for sha1, source in sources.items() if sha1 not in small}
+    if not pending:
+        return
     for _round in range(_ROUNDS):
         plans = blobs_api.need(api, config.project, [(sha1, size) for sha1, (_, size) in pending.items()])
         to_send = [plan for plan in plans if not plan.exists]
@@ -108,6 +117,15 @@ def upload_blobs(config: ClientConfig, sources: dict[str, tuple[Path, int]], *, 
         f"{next(iter(pending.values()))[0]}; try again",
         error_code="upload_failed",
     )
+
+
+def _store_inline(api: ApiClient, config: ClientConfig, paths: dict[str, Path]) -> None:
+    """Small blobs go to the server inside the request: one round trip for up to 1000 of them."""
+    blobs = [(sha1, path.read_bytes()) for sha1, path in paths.items()]
+    refused = blobs_api.store_inline(api, config.project, blobs)
+    if refused:
+        sha1, message = next(iter(refused.items()))
+        raise IntegrityError(f"{paths[sha1]} was not stored: {message}; it probably changed while it was being stored")
 
 
 def upload_cached_blob(config: ClientConfig, sha1: str) -> None:

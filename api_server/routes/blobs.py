@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import Base64Bytes, BaseModel, Field
 
 from ..services import projects, usage
-from ..services.blobs import MAX_BATCH, MAX_PART_URLS, BlobRef
+from ..services.blobs import MAX_BATCH, MAX_INLINE_BLOB_BYTES, MAX_PART_URLS, BlobRef
 from .deps import ContextDep, OptionalCaller, RegisteredCaller
 
 router = APIRouter(prefix="/api", tags=["blobs"])
@@ -80,6 +80,27 @@ class CompleteResponse(BaseModel):
     results: list[CompleteResult]
 
 
+class InlineBlob(BaseModel):
+    sha1: str = Field(description="40 lowercase hex digits: the SHA-1 the client computed")
+    data: Base64Bytes = Field(description=f"the blob's bytes, base64 (at most {MAX_INLINE_BLOB_BYTES} bytes)")
+
+
+class InlineRequest(BaseModel):
+    project_id: str | None = Field(None, description="default: the caller's default project")
+    blobs: list[InlineBlob] = Field(max_length=MAX_BATCH)
+
+
+class InlineResult(BaseModel):
+    sha1: str
+    status: Literal["stored", "mismatch"]
+    message: str
+
+
+class InlineResponse(BaseModel):
+    project_id: str
+    results: list[InlineResult]
+
+
 class FindRequest(BaseModel):
     sha1s: list[str] = Field(max_length=MAX_BATCH)
     project_id: str | None = Field(None, description="preferred project when several hold a blob")
@@ -91,6 +112,10 @@ class FindResult(BaseModel):
     size: int | None = None
     project_id: str | None = None
     url: str | None = Field(None, description="a presigned GET, or the public URL of a public project's blob")
+    offset: int | None = Field(
+        None,
+        description="a small blob kept in a pack: its bytes are offset..offset+size-1 of the object at url",
+    )
 
 
 class FindResponse(BaseModel):
@@ -131,6 +156,12 @@ def complete(body: CompleteRequest, caller: RegisteredCaller, context: ContextDe
         for item in body.uploads
     ]
     return {"results": context.blobs.complete(caller, items)}
+
+
+@router.post("/blobs/inline", response_model=InlineResponse)
+def store_inline(body: InlineRequest, caller: RegisteredCaller, context: ContextDep) -> dict:
+    """Store small blobs sent in the request itself: one round trip instead of need, PUT and complete."""
+    return context.blobs.store_inline(caller, body.project_id, [(item.sha1, item.data) for item in body.blobs])
 
 
 @router.post("/blobs/find", response_model=FindResponse, response_model_exclude_none=True)

@@ -3,6 +3,8 @@ split here, so callers may pass any number of blobs."""
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +12,8 @@ if TYPE_CHECKING:
     from .client import ApiClient
 
 BATCH = 1000  # the server's limit per request
+INLINE_MAX_BYTES = 64 << 10  # blobs up to this size are sent inside an API request (the server's limit)
+INLINE_BATCH_BYTES = 4 << 20  # bytes of blobs per such request (the server's limit)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class FoundBlob:
     size: int
     project_id: str
     url: str
+    offset: int | None = None  # set when the blob is bytes offset..offset+size-1 of a pack object at url
 
 
 def need(api: ApiClient, project_id: str | None, blobs: list[tuple[str, int]]) -> list[UploadPlan]:
@@ -95,6 +100,34 @@ def complete(api: ApiClient, items: list[tuple[UploadPlan, list[tuple[int, str]]
     return results
 
 
+def store_inline(api: ApiClient, project_id: str | None, blobs: list[tuple[str, bytes]]) -> dict[str, str]:
+    """Send small blobs (SHA-1, bytes) for the server to store; returns the blobs it refused: SHA-1 -> why
+    (their bytes do not have that SHA-1)."""
+    refused: dict[str, str] = {}
+    for batch in _inline_batches(blobs):
+        body: dict[str, Any] = {
+            "blobs": [{"sha1": sha1, "data": base64.b64encode(data).decode("ascii")} for sha1, data in batch]
+        }
+        if project_id:
+            body["project_id"] = project_id
+        answer = api.call("POST", "/api/blobs/inline", json_body=body, idempotent=True)
+        refused.update({item["sha1"]: item["message"] for item in answer["results"] if item["status"] != "stored"})
+    return refused
+
+
+def _inline_batches(blobs: list[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    for sha1, data in blobs:
+        if batch and (len(batch) == BATCH or size + len(data) > INLINE_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append((sha1, data))
+        size += len(data)
+    if batch:
+        yield batch
+
+
 def find(api: ApiClient, sha1s: list[str], project_id: str | None) -> tuple[dict[str, FoundBlob], bool]:
     """Where to download each hash from (absent: not found in any project this client may read), and whether
     the server recognized this client as registered."""
@@ -108,7 +141,9 @@ def find(api: ApiClient, sha1s: list[str], project_id: str | None) -> tuple[dict
         registered = bool(answer.get("registered"))
         for item in answer["results"]:
             if item["found"]:
-                found[item["sha1"]] = FoundBlob(item["sha1"], int(item["size"]), item["project_id"], item["url"])
+                offset = None if item.get("offset") is None else int(item["offset"])
+                sha1 = item["sha1"]
+                found[sha1] = FoundBlob(sha1, int(item["size"]), item["project_id"], item["url"], offset)
     return found, registered
 
 

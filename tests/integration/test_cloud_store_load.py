@@ -1,5 +1,5 @@
-"""Store and load through a real API server and a real object store: the embedded nanio (the server re-hashes
-uploads) with SQLite, and SeaweedFS (which checks x-amz-checksum-sha1 itself) with PostgreSQL."""
+"""Store and load through a real API server and a real object store: the embedded nanio (the server told to
+re-hash uploads) with SQLite, and SeaweedFS (which checks x-amz-checksum-sha1 itself) with PostgreSQL."""
 
 from __future__ import annotations
 
@@ -278,6 +278,65 @@ def test_a_project_over_its_quota_refuses_with_a_clear_error(
         kcl.store_file(random_file(tmp_path / "b.bin", 2 * MIB))
     kcl.store_text("still fits")
     assert usage(cloud_client, project)["stored_bytes"] == 2 * MIB + len("still fits")
+
+
+def test_small_blobs_travel_inside_one_request_and_are_verified_by_the_server(
+    cloud_client: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = [random_file(tmp_path / f"small-{i}.bin", i * 2000) for i in range(30)]  # the first one is empty
+    big = random_file(tmp_path / "big.bin", blobs_api.INLINE_MAX_BYTES + 1)
+    before = usage(cloud_client)
+    uris = kcl.store_files([*files, big])
+    after = usage(cloud_client)
+    assert after["requests"] - before["requests"] == 1 + 2  # one inline request; need and complete for the big one
+    assert after["bytes_in"] - before["bytes_in"] == sum(f.stat().st_size for f in [*files, big])
+    kcl.store_files(files)  # again: the server has them and writes nothing
+    assert usage(cloud_client)["bytes_in"] == after["bytes_in"]
+    switch_client(monkeypatch, tmp_path / "reader")
+    # Stored together as one pack; each one alone is a range of it, and load_files gets them in one GET.
+    assert kcl.load_bytes(uris[5], 2, 10) == files[5].read_bytes()[2:10]
+    assert Path(kcl.load_file(uris[7]) or "").read_bytes() == files[7].read_bytes()
+    assert Path(kcl.load_file(uris[0]) or "").read_bytes() == b""
+    assert [Path(p).read_bytes() for p in kcl.load_files(uris)] == [f.read_bytes() for f in [*files, big]]
+
+    api = api_client()
+    claimed = hashlib.sha1(b"what the client claims").hexdigest()
+    refused = blobs_api.store_inline(api, None, [(claimed, b"other bytes")])
+    assert "the bytes sent have SHA-1" in refused[claimed]
+    assert blobs_api.find(api, [claimed], None)[0] == {}
+    too_big = os.urandom(blobs_api.INLINE_MAX_BYTES + 1)
+    with pytest.raises(kcl.ServerError, match="at most 65536 bytes"):
+        blobs_api.store_inline(api, None, [(hashlib.sha1(too_big).hexdigest(), too_big)])
+
+    project = f"tiny-{secrets.token_hex(3)}"
+    cloud_client.admin("create-project", project)
+    cloud_client.admin("set-quota", project, "100K")
+    monkeypatch.setenv("KACHERY_CLOUD_PROJECT", project)
+    kcl.store_text("x" * 60_000)
+    with pytest.raises(kcl.QuotaExceededError, match="over its quota"):
+        kcl.store_text("y" * 60_000)
+
+
+def test_a_tampered_pack_is_refused_blob_by_blob(
+    cloud_client: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = [random_file(tmp_path / f"p-{i}.bin", 5000) for i in range(4)]
+    uris = kcl.store_files(files)
+    s3, bucket = cloud_client.s3_client()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="projects/default/packs/")["Contents"]]
+    [key] = [k for k in keys if s3.head_object(Bucket=bucket, Key=k)["ContentLength"] == 4 * 5000]
+    pack = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert bytes(pack[5000:10000]) == files[1].read_bytes()  # the blobs, one after the other
+    pack[7000] ^= 0xFF  # the second file's bytes change in the store
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(pack))
+    switch_client(monkeypatch, tmp_path / "reader")
+    with pytest.raises(kcl.IntegrityError, match="nothing was cached"):
+        kcl.load_files(uris)
+    with pytest.raises(kcl.IntegrityError):
+        kcl.load_file(uris[1])
+    assert Path(kcl.load_file(uris[2]) or "").read_bytes() == files[2].read_bytes()
+    local = LocalDirectory(load_config().dir)
+    assert local.blobs.find(uris[1].split("//")[1].split("?")[0]) is None
 
 
 def test_several_processes_loading_one_uri_download_it_once(cloud_client: RunningServer, tmp_path: Path) -> None:
