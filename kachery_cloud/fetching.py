@@ -1,8 +1,8 @@
 """Layer 7: bringing content from the API server's projects into the local store, or reading a range of it.
 
 Several processes loading one URI at once download it once: each takes the blob's lock, then looks in the
-store again before asking the server. A download is hashed while it streams into a temp file and renamed
-into the store only if it has the expected SHA-1.
+store again before asking the server (``load_files`` takes locks for big blobs only). A download is hashed
+while it streams into a temp file and renamed into the store only if it has the expected SHA-1.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .api.blobs import FoundBlob
 from .config import ClientConfig
 from .errors import IntegrityError, NotFoundError, ServerUnreachableError
 from .local import LocalDirectory
+from .local.blobs import LOCK_MIN_BYTES
 
 if TYPE_CHECKING:  # requests loads on the first download, not with `import kachery_cloud`
     from .transfer.download import UrlSource
@@ -35,7 +36,8 @@ def fetch_blob(config: ClientConfig, local: LocalDirectory, sha1: str, *, quiet:
         with progress_bar(blob.size, f"loading {sha1[:12]}", quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
             return _download(config, local, blob, bar)
 
-    return _under_lock(local, sha1, download)
+    with local.blobs.lock(sha1):
+        return local.blobs.find(sha1) or download()
 
 
 def fetch_blobs(
@@ -50,17 +52,52 @@ def fetch_blobs(
         found, _registered = blobs_api.find(api_client(config), missing, config.project)
     blobs = [found[sha1] for sha1 in missing if sha1 in found]
     total = sum(blob.size for blob in blobs)
+    # Blobs of one pack come in one ranged GET; the others one GET each.
+    packs: dict[str, list[FoundBlob]] = {}
+    for blob in blobs:
+        if blob.offset is not None:
+            packs.setdefault(blob.url, []).append(blob)
+    jobs: list[list[FoundBlob]] = [group for group in packs.values() if len(group) > 1]
+    jobs += [[blob] for blob in blobs if blob.offset is None or len(packs[blob.url]) == 1]
     with progress_bar(total, f"loading {len(blobs)} files", quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
 
-        def fetch(blob: FoundBlob) -> tuple[str, Path]:
-            return blob.sha1, _under_lock(local, blob.sha1, lambda: _download(config, local, blob, bar))
+        def fetch(job: list[FoundBlob]) -> list[tuple[str, Path]]:
+            if len(job) > 1:
+                return _download_from_pack(config, local, job, bar)
+            blob = job[0]
+            return [(blob.sha1, _under_lock(local, blob, lambda: _download(config, local, blob, bar)))]
 
-        if len(blobs) == 1:
-            paths.update([fetch(blobs[0])])
-        elif blobs:
-            with ThreadPoolExecutor(min(MAX_PARALLEL_DOWNLOADS, len(blobs)), thread_name_prefix="kachery-load") as pool:
-                paths.update(pool.map(fetch, blobs))
+        if len(jobs) == 1:
+            paths.update(fetch(jobs[0]))
+        elif jobs:
+            with ThreadPoolExecutor(min(MAX_PARALLEL_DOWNLOADS, len(jobs)), thread_name_prefix="kachery-load") as pool:
+                for fetched in pool.map(fetch, jobs):
+                    paths.update(fetched)
     return paths
+
+
+def _download_from_pack(
+    config: ClientConfig, local: LocalDirectory, blobs: list[FoundBlob], bar: ProgressBar
+) -> list[tuple[str, Path]]:
+    """Small blobs of one pack: the range of the pack that covers them in one GET, then each blob verified on
+    its way into the store. (No per-blob locks: two processes doing this at once cost one small GET more.)"""
+    from .transfer.download import fetch_range
+
+    start = min(blob.offset or 0 for blob in blobs)
+    end = max((blob.offset or 0) + blob.size for blob in blobs)
+    data = memoryview(fetch_range(_url_source(config, blobs[0]), start, end, f"loading {len(blobs)} small files"))
+    stored: list[tuple[str, Path]] = []
+    for blob in blobs:
+        at = (blob.offset or 0) - start
+        part = data[at : at + blob.size]
+        try:
+            path = local.blobs.put(blob.sha1, lambda out, part=part: out.write(part), on_progress=bar.update)
+        except IntegrityError as e:
+            raise IntegrityError(
+                f"the object store sent bytes that are not sha1://{blob.sha1}; nothing was cached ({e})"
+            ) from None
+        stored.append((blob.sha1, path))
+    return stored
 
 
 def remote_blob(config: ClientConfig, sha1: str, project_id: str | None = None) -> FoundBlob:
@@ -78,7 +115,8 @@ def remote_range(config: ClientConfig, blob: FoundBlob, start: int, end: int) ->
     a part of a blob cannot be checked against the blob's hash)."""
     from .transfer.download import fetch_range
 
-    return fetch_range(_url_source(config, blob), start, end, f"reading {blob.sha1}")
+    base = blob.offset or 0  # a blob in a pack is a range of the pack
+    return fetch_range(_url_source(config, blob), base + start, base + end, f"reading {blob.sha1}")
 
 
 def not_found_message(config: ClientConfig, sha1: str, registered: bool) -> str:
@@ -106,21 +144,27 @@ def _explain_unreachable(config: ClientConfig, sha1s: list[str]) -> Iterator[Non
         ) from None
 
 
-def _under_lock(local: LocalDirectory, sha1: str, download: Callable[[], Path]) -> Path:
+def _under_lock(local: LocalDirectory, blob: FoundBlob, download: Callable[[], Path]) -> Path:
     """The blob's path: found in the store once its lock is ours (another process may have fetched it while
-    we waited), else what ``download`` returns."""
-    with local.blobs.lock(sha1):
-        return local.blobs.find(sha1) or download()
+    we waited), else what ``download`` returns. A small blob of a batch takes no lock: downloading it twice
+    costs less than the lock file."""
+    if blob.size < LOCK_MIN_BYTES:
+        return local.blobs.find(blob.sha1) or download()
+    with local.blobs.lock(blob.sha1):
+        return local.blobs.find(blob.sha1) or download()
 
 
 def _download(config: ClientConfig, local: LocalDirectory, blob: FoundBlob, bar: ProgressBar) -> Path:
-    from .transfer.download import stream_blob
+    from .transfer.download import download_blob
 
     url = _url_source(config, blob)
     what = f"loading {blob.sha1}"
     try:
         return local.blobs.put(
-            blob.sha1, lambda out: stream_blob(url, blob.size, out, what), size_hint=0, on_progress=bar.update
+            blob.sha1,
+            lambda out: download_blob(url, blob.size, out, what, blob.offset),
+            size_hint=0,
+            on_progress=bar.update,
         )
     except IntegrityError as e:
         raise IntegrityError(

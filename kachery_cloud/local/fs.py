@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +105,7 @@ class TempFile:
         try:
             _try_lock(self._fd, shared=False)
             perms.finish_new_file(self._fd, directory)
-            self.file: BinaryIO = os.fdopen(self._fd, "wb", closefd=False)
+            self.file: BinaryIO = _WritebackFile(self._fd)  # type: ignore[assignment]
         except BaseException:
             self.discard()
             raise
@@ -116,6 +118,7 @@ class TempFile:
         """
         self.file.flush()
         if durable:
+            self.file.wait_for_writeback()  # type: ignore[attr-defined]
             os.fsync(self._fd)
         if not overwrite and target.exists():
             self.discard()
@@ -133,6 +136,7 @@ class TempFile:
     def _close(self) -> None:
         self._done = True
         if hasattr(self, "file"):
+            self.file.wait_for_writeback()  # type: ignore[attr-defined]
             self.file.close()
         os.close(self._fd)  # releases the lock, after the rename
 
@@ -141,6 +145,39 @@ class TempFile:
 
     def __exit__(self, *exc_info: object) -> None:
         self.discard()
+
+
+class _WritebackFile(io.BufferedWriter):
+    """A buffered writer on a temp file that, once a big file has grown by :data:`WRITEBACK_BYTES`, has a
+    thread flush what is written so far to disk while more arrives: the fsync before the rename then waits
+    for the last part only, instead of for the whole file after the download or copy has finished."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(io.FileIO(fd, "wb", closefd=False))
+        self._unsynced = 0
+        self._flusher: threading.Thread | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        n = super().write(data)
+        self._unsynced += n
+        if self._unsynced >= WRITEBACK_BYTES and (self._flusher is None or not self._flusher.is_alive()):
+            self._unsynced = 0
+            super().flush()
+            self._flusher = threading.Thread(target=_fdatasync_quietly, args=(self.fileno(),), daemon=True)
+            self._flusher.start()
+        return n
+
+    def wait_for_writeback(self) -> None:
+        if self._flusher is not None:
+            self._flusher.join()
+
+
+WRITEBACK_BYTES = 64 << 20
+
+
+def _fdatasync_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):  # the fsync at commit reports errors; this one only starts early
+        os.fdatasync(fd)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,8 @@
-"""Downloads from the object store: whole blobs streamed into a writer (which hashes them), resuming where a
-dropped connection left off, and byte ranges.
+"""Downloads from the object store: whole blobs into a writer (which hashes them), and byte ranges.
+
+A small blob comes in one streamed GET that resumes where a dropped connection left off. A big one comes in
+ranged GETs sent in parallel by a bounded pool of threads, handed to the writer in order as they arrive, so
+hashing runs while the rest downloads and at most :data:`WINDOW` ranges are held in memory.
 
 The caller verifies: a blob's bytes go through :meth:`BlobStore.put`, which hashes them on the way to a temp
 file and keeps them only if they have the expected SHA-1.
@@ -7,10 +10,13 @@ file and keeps them only if they have the expected SHA-1.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import requests
+import urllib3
 
 from ..errors import IntegrityError, NotFoundError
 from .store_http import (
@@ -25,18 +31,98 @@ from .store_http import (
 )
 
 CHUNK_BYTES = 1 << 20
+RANGE_BYTES = 8 << 20  # one ranged GET
+PARALLEL_MIN_BYTES = 2 * RANGE_BYTES  # smaller blobs come in one GET
+MAX_WORKERS = 6
+WINDOW = 8  # ranges requested but not yet written: bounds memory to WINDOW * RANGE_BYTES (64 MiB)
 
 UrlSource = Callable[[bool], str]  # url(refresh): the current URL, or a fresh one from the API server
 
 
-def stream_blob(url: UrlSource, size: int, out: BinaryIO, what: str) -> None:
-    """Write the ``size`` bytes of a blob to ``out``. A dropped connection resumes from the last byte received;
-    an expired URL is replaced; other failures raise after :data:`MAX_ATTEMPTS` tries without progress."""
+def download_blob(url: UrlSource, size: int, out: BinaryIO, what: str, offset: int | None = None) -> None:
+    """Write the ``size`` bytes of a blob to ``out``, in order: in parallel ranges if it is big. With
+    ``offset``, the blob is that range of a bigger object (a pack of small blobs)."""
+    if size < PARALLEL_MIN_BYTES or offset is not None:
+        stream_blob(url, size, out, what, offset)
+        return
+    with ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="kachery-range") as pool:
+        pending: deque[Future[bytearray]] = deque()
+        start = 0
+        try:
+            while start < size or pending:
+                while start < size and len(pending) < WINDOW:
+                    end = min(size, start + RANGE_BYTES)
+                    pending.append(pool.submit(_fetch_range_into_buffer, url, start, end, size, what))
+                    start = end
+                out.write(pending.popleft().result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _fetch_range_into_buffer(url: UrlSource, start: int, end: int, size: int, what: str) -> bytearray:
+    """Bytes ``start``..``end`` of a blob of ``size`` bytes, read straight into one buffer."""
+    buffer = bytearray(end - start)
+    view = memoryview(buffer)
+    headers = {"Range": f"bytes={start}-{end - 1}"}
     received = 0
     failures = 0
     error: StoreRequestError | None = None
     while failures < MAX_ATTEMPTS:
-        headers = {"Range": f"bytes={received}-"} if received else {}
+        if received:  # resume a range cut short
+            headers = {"Range": f"bytes={start + received}-{end - 1}"}
+        before = received
+        try:
+            with session().get(
+                url(error is not None and error.needs_new_url), headers=headers, stream=True, timeout=TIMEOUT
+            ) as response:
+                if response.status_code != 206:
+                    error = (
+                        error_from(response, what)
+                        if response.status_code >= 400
+                        else StoreRequestError(f"{what}: the object store ignored a range request", status=500)
+                    )
+                else:
+                    error = None
+                    while received < len(buffer):
+                        n = response.raw.readinto(view[received:])
+                        if not n:
+                            break
+                        received += n
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:  # raw reads raise urllib3's
+            error = connection_error(e, what)
+        if error is None and received == len(buffer):
+            return buffer
+        if error is None:
+            missing = end - start - received
+            error = StoreRequestError(f"{what}: the connection closed {missing} bytes before the end of a range")
+        if error.status == 404:
+            raise NotFoundError(f"{what}: the object store no longer has this blob ({error})")
+        if not (error.transient or error.needs_new_url):
+            raise error
+        failures = 0 if received > before else failures + 1
+        if failures and not (error.needs_new_url and failures == 1):
+            pause(failures - 1)
+    assert error is not None
+    raise error
+
+
+def stream_blob(url: UrlSource, size: int, out: BinaryIO, what: str, offset: int | None = None) -> None:
+    """Write the ``size`` bytes of a blob (at ``offset`` of the object, if given) to ``out``. A dropped
+    connection resumes from the last byte received; an expired URL is replaced; other failures raise after
+    :data:`MAX_ATTEMPTS` tries without progress."""
+    if size == 0:
+        return  # nothing to fetch (and no valid range to ask for)
+    received = 0
+    failures = 0
+    error: StoreRequestError | None = None
+    while failures < MAX_ATTEMPTS:
+        headers = {}
+        if offset is not None:
+            headers["Range"] = f"bytes={offset + received}-{offset + size - 1}"
+        elif received:
+            headers["Range"] = f"bytes={received}-"
         before = received
         try:
             with session().get(
@@ -44,7 +130,7 @@ def stream_blob(url: UrlSource, size: int, out: BinaryIO, what: str) -> None:
             ) as response:
                 if response.status_code not in (200, 206):
                     error = error_from(response, what)
-                elif received and response.status_code != 206:
+                elif headers and response.status_code != 206:
                     error = StoreRequestError(f"{what}: the object store ignored a range request", status=500)
                 else:
                     error = None

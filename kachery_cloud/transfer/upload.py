@@ -22,7 +22,7 @@ from ..errors import IntegrityError
 from .store_http import StoreRequestError, send_with_retries
 
 MAX_WORKERS = 8
-MEMORY_BUDGET_BYTES = 128 << 20
+MEMORY_BUDGET_BYTES = 64 << 20  # keeps a client storing any size under ~150 MiB of RSS
 PART_URL_BATCH = 64
 
 Parts = list[tuple[int, str]] | None  # multipart: (part number, ETag) of every part; None for a single PUT

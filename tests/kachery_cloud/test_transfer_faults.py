@@ -156,3 +156,43 @@ def test_a_failed_part_upload_is_sent_again(store: str, tmp_path: Path) -> None:
     puts = [(path, digest) for method, path, digest in FlakyStore.requests if method == "PUT"]
     assert len(puts) == 4 and puts.count(("/busy", hashlib.sha1(BLOB[part : 2 * part]).hexdigest())) == 2
     assert sum(progress) == len(BLOB)
+
+
+@pytest.fixture
+def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranged parallel downloads at test sizes: 3 MiB in twelve 256 KiB ranges, 4 in flight."""
+    monkeypatch.setattr(download, "RANGE_BYTES", 256 << 10)
+    monkeypatch.setattr(download, "PARALLEL_MIN_BYTES", 512 << 10)
+    monkeypatch.setattr(download, "WINDOW", 4)
+    monkeypatch.setattr(download, "MAX_WORKERS", 3)
+
+
+@pytest.mark.parametrize("path", ["/good", "/drop", "/busy"])
+def test_a_big_blob_comes_in_parallel_ranges_in_order(store: str, small_ranges: None, path: str) -> None:
+    out = io.BytesIO()
+    download.download_blob(fixed(f"{store}{path}"), len(BLOB), out, "test")
+    assert out.getvalue() == BLOB
+    ranges = sorted(
+        (int(r.removeprefix("bytes=").split("-")[0]), int(r.split("-")[1]))
+        for method, _, r in FlakyStore.requests
+        if method == "GET" and r is not None
+    )
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(BLOB) - 1
+    assert len(ranges) == 12 + (path != "/good")  # each range once, plus the one that dropped or failed
+    if path == "/drop":  # the dropped range was resumed from its last byte received, not fetched whole again
+        starts = [start for start, _ in ranges]
+        assert any(start % (256 << 10) for start in starts)
+
+
+def test_a_big_blob_with_an_expired_url_gets_a_fresh_one(store: str, small_ranges: None) -> None:
+    def url(refresh: bool) -> str:
+        return f"{store}/good" if refresh else f"{store}/expired"
+
+    out = io.BytesIO()
+    download.download_blob(url, len(BLOB), out, "test")
+    assert out.getvalue() == BLOB
+
+
+def test_a_failed_range_stops_the_download_with_the_stores_error(store: str, small_ranges: None) -> None:
+    with pytest.raises(store_http.StoreRequestError, match="403"):
+        download.download_blob(fixed(f"{store}/expired"), len(BLOB), io.BytesIO(), "test")
