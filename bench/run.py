@@ -1,0 +1,144 @@
+"""The performance suite: kachery-cloud next to raw boto3 and DVC on the same bucket, in the same run.
+
+    .venv/bin/python -m bench.run                 # everything, on the embedded stack; writes bench/results/
+    .venv/bin/python -m bench.run --seaweedfs     # and on a SeaweedFS started here
+    .venv/bin/python -m bench.run --s3-endpoint URL --s3-bucket B   # and on another S3 endpoint
+                                                  # (keys in BENCH_S3_ACCESS_KEY_ID / BENCH_S3_SECRET_ACCESS_KEY)
+    .venv/bin/python -m bench.run --smoke         # small sizes, seconds (CI); writes to a temp directory
+
+Every figure is a ratio to a baseline measured in the same run (or an absolute figure where the target is
+one); see bench/results/summary.md for the last full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import figures
+from .report import Comparison, print_table, write_outputs
+from .samples import Samples
+from .stack import S3Target, Stack, running_stack
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="small sizes, one repetition (CI)")
+    parser.add_argument("--out", type=Path, help="where to write summary.{md,json} and throughput.png")
+    parser.add_argument("--no-dvc", action="store_true", help="skip the DVC baselines")
+    parser.add_argument("--dvc", action="store_true", help="run the DVC baselines in a smoke run too")
+    parser.add_argument("--seaweedfs", action="store_true", help="also run on a SeaweedFS started here")
+    parser.add_argument("--s3-endpoint", help="also run on this S3 endpoint")
+    parser.add_argument("--s3-bucket", default="kachery-bench", help="bucket at --s3-endpoint (created if missing)")
+    parser.add_argument(
+        "--only", default="big,many,small,memory,curve", help="comma-separated parts: big,many,small,memory,curve"
+    )
+    args = parser.parse_args(argv)
+    sizes = figures.SMOKE if args.smoke else figures.FULL
+    parts = set(args.only.split(","))
+    command = "python -m bench.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    dvc = None
+    if "many" in parts and not args.no_dvc and (args.dvc or not args.smoke):
+        from .dvc_baseline import ensure_dvc
+
+        dvc = ensure_dvc()
+    targets: list[tuple[S3Target | None, bool]] = [(None, False)]
+    if args.seaweedfs:
+        targets.append((None, True))
+    if args.s3_endpoint:
+        keys = os.environ.get("BENCH_S3_ACCESS_KEY_ID"), os.environ.get("BENCH_S3_SECRET_ACCESS_KEY")
+        if not all(keys):
+            parser.error("--s3-endpoint needs BENCH_S3_ACCESS_KEY_ID and BENCH_S3_SECRET_ACCESS_KEY")
+        targets.append((S3Target(args.s3_endpoint, args.s3_endpoint, args.s3_bucket, *keys), False))  # type: ignore[arg-type]
+
+    out_dir = args.out or (RESULTS if not args.smoke else Path(tempfile.mkdtemp(prefix="kachery-bench-smoke-")))
+    all_comparisons: dict[str, list[Comparison]] = {}
+    curves: dict[str, dict[str, dict[int, Samples]]] = {}
+    extra: dict[str, dict[str, Samples]] = {}
+    notes: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="kachery-bench-", dir=os.environ.get("BENCH_TMP")) as tmp_name:
+        for i, (target, seaweedfs) in enumerate(targets):
+            with running_stack(Path(tmp_name) / f"stack-{i}", target, seaweedfs=seaweedfs) as stack:
+                comparisons, curve, other, stack_notes = run_stack(stack, sizes, parts, Path(tmp_name), dvc)
+            all_comparisons[stack.name] = comparisons
+            if curve:
+                curves[stack.name] = curve
+            extra[stack.name] = other
+            notes[stack.name] = stack_notes
+            print_table(stack.name, comparisons)
+    write_outputs(out_dir, command, all_comparisons, curves, extra, notes)
+    print(f"\nwritten: {out_dir / 'summary.md'}, summary.json" + (", throughput.png" if curves else ""))
+    return 0
+
+
+def run_stack(
+    stack: Stack, sizes: figures.Sizes, parts: set[str], tmp: Path, dvc: Path | None
+) -> tuple[list[Comparison], dict[str, dict[int, Samples]], dict[str, Samples], list[str]]:
+    comparisons: list[Comparison] = []
+    other: dict[str, Samples] = {}
+    notes: list[str] = []
+    curve: dict[str, dict[int, Samples]] = {}
+    big: dict[str, Samples] | None = None
+    if "big" in parts:
+        _progress(stack, f"big file ({sizes.big_bytes >> 20} MiB) x {sizes.big_repeats}")
+        big = figures.big_file(stack, sizes, tmp)
+        comparisons += [
+            Comparison("1", "store a big file (cold)", big["store"], big["store_base"], 1.10),
+            Comparison("2", "load it into an empty cache", big["load"], big["load_base"], 1.00),
+            Comparison("3", "store the unchanged file again", big["restore"], None, 20),
+        ]
+        read = big["restore"].notes["max_bytes_read_by_syscalls"]
+        notes.append(f"Figure 3: at most {read} bytes went through read system calls during a second store.")
+    if "many" in parts:
+        _progress(stack, f"{sizes.small_count} small files x {sizes.small_repeats}")
+        many = figures.many_files(stack, sizes, tmp, dvc)
+        if "store_dvc" in many:
+            comparisons.append(Comparison("4a", "store many small files", many["store"], many["store_dvc"], 0.10))
+        comparisons.append(Comparison("4b", "store many small files", many["store"], many["store_loop"], 1.5))
+        if "load_dvc" in many:
+            comparisons.append(Comparison("5a", "load them (empty cache)", many["load"], many["load_dvc"], 0.10))
+        comparisons.append(Comparison("5b", "load them (empty cache)", many["load"], many["load_loop"], 1.5))
+        if dvc is None:
+            notes.append("Figures 4a and 5a (DVC) were not measured in this run.")
+        else:
+            from .dvc_baseline import installed_versions
+
+            versions = ", ".join(f"{k} {v}" for k, v in installed_versions(dvc).items())
+            notes.append(f"DVC baseline: {versions}; DVC's default jobs; the time of `dvc add` is not counted.")
+    if "small" in parts:
+        _progress(stack, f"small objects x {sizes.json_samples}")
+        small = figures.small_objects(stack, sizes)
+        comparisons += [
+            Comparison("6a", "store_json, p50", small["store_json"], small["put"], 2.5),
+            Comparison("6a", "store_json, p95", small["store_json"], small["put"], 2.5, "p95"),
+            Comparison("6b", "load_json (cache miss), p50", small["load_json"], small["get"], 2.5),
+            Comparison("6b", "load_json (cache miss), p95", small["load_json"], small["get"], 2.5, "p95"),
+            Comparison("7", "load_json (cache hit)", small["hit"], None, 100),
+        ]
+        other["hit_base"] = small["hit_base"]
+    if "memory" in parts:
+        _progress(stack, f"peak memory at {sizes.rss_bytes >> 20} MiB")
+        memory = figures.peak_memory(stack, sizes, tmp)
+        comparisons += [
+            Comparison("8", "peak RSS, store", memory["store"], None, 150),
+            Comparison("8", "peak RSS, load", memory["load"], None, 150),
+        ]
+        other.update({f"rss_{k}": memory[k] for k in ("store_base", "load_base", "idle")})
+    if "curve" in parts:
+        curve = figures.throughput_curve(stack, sizes, tmp, big, lambda text: _progress(stack, text))
+    return comparisons, curve, other, notes
+
+
+def _progress(stack: Stack, text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {stack.name}: {text}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
