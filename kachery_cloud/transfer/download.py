@@ -45,26 +45,31 @@ def download_blob(url: UrlSource, size: int, out: BinaryIO, what: str, offset: i
     if size < PARALLEL_MIN_BYTES or offset is not None:
         stream_blob(url, size, out, what, offset)
         return
+    # WINDOW buffers, reused: allocating a fresh 8 MiB buffer per range made glibc's malloc keep hundreds of
+    # MiB (its mmap threshold rises after the first free, and each thread's arena holds on to what it had).
+    free = [memoryview(bytearray(RANGE_BYTES)) for _ in range(min(WINDOW, -(-size // RANGE_BYTES)))]
     with ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="kachery-range") as pool:
-        pending: deque[Future[bytearray]] = deque()
+        pending: deque[tuple[memoryview, Future[memoryview]]] = deque()
         start = 0
         try:
             while start < size or pending:
-                while start < size and len(pending) < WINDOW:
+                while start < size and free:
                     end = min(size, start + RANGE_BYTES)
-                    pending.append(pool.submit(_fetch_range_into_buffer, url, start, end, size, what))
+                    buffer = free.pop()
+                    pending.append((buffer, pool.submit(_fetch_range_into, buffer, url, start, end, what)))
                     start = end
-                out.write(pending.popleft().result())
+                buffer, future = pending.popleft()
+                out.write(future.result())
+                free.append(buffer)
         except BaseException:
-            for future in pending:
+            for _buffer, future in pending:
                 future.cancel()
             raise
 
 
-def _fetch_range_into_buffer(url: UrlSource, start: int, end: int, size: int, what: str) -> bytearray:
-    """Bytes ``start``..``end`` of a blob of ``size`` bytes, read straight into one buffer."""
-    buffer = bytearray(end - start)
-    view = memoryview(buffer)
+def _fetch_range_into(buffer: memoryview, url: UrlSource, start: int, end: int, what: str) -> memoryview:
+    """Bytes ``start``..``end`` of a blob, read straight into ``buffer``; returns the part of it they fill."""
+    view = buffer[: end - start]
     headers = {"Range": f"bytes={start}-{end - 1}"}
     received = 0
     failures = 0
@@ -85,15 +90,16 @@ def _fetch_range_into_buffer(url: UrlSource, start: int, end: int, size: int, wh
                     )
                 else:
                     error = None
-                    while received < len(buffer):
-                        n = response.raw.readinto(view[received:])
+                    while received < len(view):
+                        # urllib3 reads into a temporary of the size asked for, then copies: ask for 1 MiB.
+                        n = response.raw.readinto(view[received : received + CHUNK_BYTES])
                         if not n:
                             break
                         received += n
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:  # raw reads raise urllib3's
             error = connection_error(e, what)
-        if error is None and received == len(buffer):
-            return buffer
+        if error is None and received == len(view):
+            return view
         if error is None:
             missing = end - start - received
             error = StoreRequestError(f"{what}: the connection closed {missing} bytes before the end of a range")
