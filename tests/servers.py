@@ -221,6 +221,15 @@ class SeaweedFS:
             ]
         }
         (data_dir / "s3.json").write_text(json.dumps(identities))
+        # Free ports are picked before weed binds them, so another process may take one meanwhile: try again.
+        for attempt in range(3):
+            if self._start(weed, data_dir):
+                return
+            self.log_path.rename(data_dir / f"weed-failed-{attempt}.log")
+        raise AssertionError(f"SeaweedFS found a port taken three times; see {data_dir}/weed-failed-*.log")
+
+    def _start(self, weed: str, data_dir: Path) -> bool:
+        """Start weed on fresh free ports; False if a port it was given turned out to be taken."""
         ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
         grpc = {name: free_port() for name in ports}
         self.endpoint = f"http://127.0.0.1:{ports['s3']}"
@@ -240,11 +249,13 @@ class SeaweedFS:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "address already in use" in self.log_path.read_text():
+                    return False
                 raise AssertionError(
                     f"weed exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}"
                 )
             if self._s3_answers():
-                return
+                return True
             time.sleep(0.2)
         self.stop()
         raise AssertionError(f"SeaweedFS did not start:\n{self.log_path.read_text()[-3000:]}")
