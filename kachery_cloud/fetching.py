@@ -36,8 +36,7 @@ def fetch_blob(config: ClientConfig, local: LocalDirectory, sha1: str, *, quiet:
         with progress_bar(blob.size, f"loading {sha1[:12]}", quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
             return _download(config, local, blob, bar)
 
-    with local.blobs.lock(sha1):
-        return local.blobs.find(sha1) or download()
+    return _under_lock(local, sha1, download)
 
 
 def fetch_blobs(
@@ -65,7 +64,9 @@ def fetch_blobs(
             if len(job) > 1:
                 return _download_from_pack(config, local, job, bar)
             blob = job[0]
-            return [(blob.sha1, _under_lock(local, blob, lambda: _download(config, local, blob, bar)))]
+            if blob.size < LOCK_MIN_BYTES:  # downloading a small blob twice costs less than its lock file
+                return [(blob.sha1, local.blobs.find(blob.sha1) or _download(config, local, blob, bar))]
+            return [(blob.sha1, _under_lock(local, blob.sha1, lambda: _download(config, local, blob, bar)))]
 
         if len(jobs) == 1:
             paths.update(fetch(jobs[0]))
@@ -144,14 +145,11 @@ def _explain_unreachable(config: ClientConfig, sha1s: list[str]) -> Iterator[Non
         ) from None
 
 
-def _under_lock(local: LocalDirectory, blob: FoundBlob, download: Callable[[], Path]) -> Path:
+def _under_lock(local: LocalDirectory, sha1: str, download: Callable[[], Path]) -> Path:
     """The blob's path: found in the store once its lock is ours (another process may have fetched it while
-    we waited), else what ``download`` returns. A small blob of a batch takes no lock: downloading it twice
-    costs less than the lock file."""
-    if blob.size < LOCK_MIN_BYTES:
-        return local.blobs.find(blob.sha1) or download()
-    with local.blobs.lock(blob.sha1):
-        return local.blobs.find(blob.sha1) or download()
+    we waited), else what ``download`` returns."""
+    with local.blobs.lock(sha1):
+        return local.blobs.find(sha1) or download()
 
 
 def _download(config: ClientConfig, local: LocalDirectory, blob: FoundBlob, bar: ProgressBar) -> Path:

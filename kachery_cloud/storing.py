@@ -121,7 +121,7 @@ def upload_blobs(config: ClientConfig, sources: dict[str, tuple[Path, int]], *, 
 
 def _store_inline(api: ApiClient, config: ClientConfig, paths: dict[str, Path]) -> None:
     """Small blobs go to the server inside the request: one round trip for up to 1000 of them."""
-    blobs = [(sha1, path.read_bytes()) for sha1, path in paths.items()]
+    blobs = ((sha1, path.read_bytes()) for sha1, path in paths.items())  # read batch by batch, not all at once
     refused = blobs_api.store_inline(api, config.project, blobs)
     if refused:
         sha1, message = next(iter(refused.items()))

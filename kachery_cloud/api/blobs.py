@@ -4,7 +4,7 @@ split here, so callers may pass any number of blobs."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +100,7 @@ def complete(api: ApiClient, items: list[tuple[UploadPlan, list[tuple[int, str]]
     return results
 
 
-def store_inline(api: ApiClient, project_id: str | None, blobs: list[tuple[str, bytes]]) -> dict[str, str]:
+def store_inline(api: ApiClient, project_id: str | None, blobs: Iterable[tuple[str, bytes]]) -> dict[str, str]:
     """Send small blobs (SHA-1, bytes) for the server to store; returns the blobs it refused: SHA-1 -> why
     (their bytes do not have that SHA-1)."""
     refused: dict[str, str] = {}
@@ -115,7 +115,7 @@ def store_inline(api: ApiClient, project_id: str | None, blobs: list[tuple[str, 
     return refused
 
 
-def _inline_batches(blobs: list[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+def _inline_batches(blobs: Iterable[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
     batch: list[tuple[str, bytes]] = []
     size = 0
     for sha1, data in blobs:

@@ -68,58 +68,29 @@ def download_blob(url: UrlSource, size: int, out: BinaryIO, what: str, offset: i
 
 
 def _fetch_range_into(buffer: memoryview, url: UrlSource, start: int, end: int, what: str) -> memoryview:
-    """Bytes ``start``..``end`` of a blob, read straight into ``buffer``; returns the part of it they fill."""
+    """Bytes ``start``..``end`` of a blob, streamed (with its retries) straight into ``buffer``; returns the part
+    of it they fill."""
     view = buffer[: end - start]
-    headers = {"Range": f"bytes={start}-{end - 1}"}
-    received = 0
-    failures = 0
-    error: StoreRequestError | None = None
-    while failures < MAX_ATTEMPTS:
-        if received:  # resume a range cut short
-            headers = {"Range": f"bytes={start + received}-{end - 1}"}
-        before = received
-        try:
-            with session().get(
-                url(error is not None and error.needs_new_url), headers=headers, stream=True, timeout=TIMEOUT
-            ) as response:
-                if response.status_code != 206:
-                    error = (
-                        error_from(response, what)
-                        if response.status_code >= 400
-                        else StoreRequestError(f"{what}: the object store ignored a range request", status=500)
-                    )
-                else:
-                    error = None
-                    while received < len(view):
-                        # urllib3 reads into a temporary of the size asked for, then copies: ask for 1 MiB.
-                        n = response.raw.readinto(view[received : received + CHUNK_BYTES])
-                        if not n:
-                            break
-                        received += n
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:  # raw reads raise urllib3's
-            error = connection_error(e, what)
-        if error is None and received == len(view):
-            return view
-        if error is None:
-            missing = end - start - received
-            error = StoreRequestError(f"{what}: the connection closed {missing} bytes before the end of a range")
-        if error.status == 404:
-            raise NotFoundError(f"{what}: the object store no longer has this blob ({error})")
-        if not (error.transient or error.needs_new_url):
-            raise error
-        failures = 0 if received > before else failures + 1
-        if failures and not (error.needs_new_url and failures == 1):
-            pause(failures - 1)
-    assert error is not None
-    raise error
+    stream_blob(url, end - start, None, what, offset=start, into=view)
+    return view
 
 
-def stream_blob(url: UrlSource, size: int, out: BinaryIO, what: str, offset: int | None = None) -> None:
-    """Write the ``size`` bytes of a blob (at ``offset`` of the object, if given) to ``out``. A dropped
-    connection resumes from the last byte received; an expired URL is replaced; other failures raise after
-    :data:`MAX_ATTEMPTS` tries without progress."""
+def stream_blob(
+    url: UrlSource,
+    size: int,
+    out: BinaryIO | None,
+    what: str,
+    offset: int | None = None,
+    *,
+    into: memoryview | None = None,
+) -> None:
+    """Write the ``size`` bytes of a blob (at ``offset`` of the object, if given) to ``out``, or read them
+    straight into the buffer ``into``. A dropped connection resumes from the last byte received; an expired URL
+    is replaced; other failures raise after :data:`MAX_ATTEMPTS` tries without progress."""
     if size == 0:
         return  # nothing to fetch (and no valid range to ask for)
+    # +1: room to notice a store sending too much (reading into ``into`` stops at its end; the hash checks it)
+    buffer = memoryview(bytearray(min(CHUNK_BYTES, size + 1) if into is None else 0))
     received = 0
     failures = 0
     error: StoreRequestError | None = None
@@ -140,12 +111,17 @@ def stream_blob(url: UrlSource, size: int, out: BinaryIO, what: str, offset: int
                     error = StoreRequestError(f"{what}: the object store ignored a range request", status=500)
                 else:
                     error = None
-                    for chunk in response.iter_content(CHUNK_BYTES):
-                        received += len(chunk)
+                    # Raw reads into one reused buffer: what arrived before a connection dropped counts (the
+                    # resume starts after it), and no chunk is allocated afresh.
+                    while n := response.raw.readinto(
+                        buffer if into is None else into[received : received + CHUNK_BYTES]
+                    ):
+                        received += n
                         if received > size:
                             raise IntegrityError(f"{what}: the store sent more than the {size} bytes expected")
-                        out.write(chunk)
-        except requests.RequestException as e:
+                        if out is not None:
+                            out.write(buffer[:n])
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:  # raw reads raise urllib3's
             error = connection_error(e, what)
         if error is None and received == size:
             return
