@@ -3,10 +3,13 @@
 Invariant: a file at ``path(h)`` always has SHA-1 ``h``, because every byte is hashed on its way into a
 temp file and the temp file is renamed to the name its hash gives, never any other:
 
-- :meth:`BlobStore.put` stores content whose hash is known in advance (a download, bytes in memory): the
-  temp file sits beside the final path, and a hash mismatch stores nothing.
+- :meth:`BlobStore.put` stores content whose hash is known in advance (a download, bytes in memory); a hash
+  mismatch stores nothing.
 - :meth:`BlobStore.add` stores a stream whose hash is not known yet (a file, a serialized array), in one
-  pass: the temp file sits at the root of the blob tree, on the same filesystem as every final path.
+  pass.
+
+Temp files of both sit at the root of the blob tree, on the same filesystem as every final path, so that
+the leftovers of killed writers are all in one directory, which each process sweeps on its first write.
 
 Correctness never depends on a lock; the per-blob file lock only stops two processes from writing the same
 large blob at the same time.
@@ -23,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import IntegrityError
 from ..hashing import HashingWriter, ProgressCallback
-from .fs import Permissions, TempFile, atomic_write, remove_stale_temp_files
+from .fs import Permissions, TempFile, sweep_once
 
 # Below this size writing twice costs less than taking a lock.
 LOCK_MIN_BYTES = 8 << 20
@@ -31,10 +34,6 @@ LOCK_MIN_BYTES = 8 << 20
 LOCK_TIMEOUT_SECONDS = 600.0
 
 Writer = Callable[[BinaryIO], None]
-
-# Leftovers of killed writers at the root of a blob tree are swept once per process: listing that
-# directory on every store would cost more than the rest of storing a small file.
-_swept_roots: set[Path] = set()
 
 
 class BlobStore:
@@ -65,20 +64,20 @@ class BlobStore:
         with self._lock(sha1, size_hint):
             if target.is_file():  # written by whoever held the lock before us
                 return target
-            remove_stale_temp_files(target.parent)
-            with atomic_write(target, self.perms, read_only=True, durable=True, overwrite=False) as f:
-                hashing = HashingWriter(f, on_progress)
+            sweep_once(self.directory)
+            with TempFile(self.directory, self.perms, stem=sha1, read_only=True) as temp:
+                hashing = HashingWriter(temp.file, on_progress)
                 write(hashing)  # type: ignore[arg-type]
                 actual = hashing.hexdigest()
                 if actual != sha1:
                     raise IntegrityError(f"content was expected to have SHA-1 {sha1} but has {actual}")
+                self.perms.make_dirs(target.parent)
+                temp.commit(target, durable=True, overwrite=False)
         return target
 
     def add(self, write: Writer, *, on_progress: ProgressCallback | None = None) -> str:
         """Store the bytes that ``write(stream)`` produces, reading them once; return their SHA-1."""
-        if self.directory not in _swept_roots:
-            remove_stale_temp_files(self.directory)
-            _swept_roots.add(self.directory)
+        sweep_once(self.directory)
         with TempFile(self.directory, self.perms, stem="incoming", read_only=True) as temp:
             hashing = HashingWriter(temp.file, on_progress)
             write(hashing)  # type: ignore[arg-type]

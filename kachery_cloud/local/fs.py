@@ -19,6 +19,7 @@ import errno
 import fcntl
 import io
 import os
+import re
 import secrets
 import stat
 import threading
@@ -28,9 +29,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_SUFFIX = ".part"
-# A temp file that nobody holds a lock on, but is empty and this young, may belong to a writer that has
-# created it and not yet taken its lock: leave it alone.
-_FRESH_EMPTY_TEMP_SECONDS = 60.0
+# Exactly the names temp_path_in makes, so that a sweep never touches a user's own ".something.part".
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + "$", re.DOTALL)
+_LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EINVAL)
 # Where locks are unsupported (some network filesystems), only age tells a leftover apart.
 _UNLOCKABLE_TEMP_MAX_AGE_SECONDS = 24 * 3600.0
 
@@ -89,6 +90,35 @@ def temp_path_in(directory: Path, stem: str) -> Path:
     return directory / f".{stem}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
+def _create_locked(directory: Path, stem: str, mode: int) -> tuple[Path, int]:
+    """A new temp file, created and then locked. Between the two a sweeper may see it unlocked and delete
+    it: then the name no longer leads to our file, and we start again under a new name."""
+    while True:
+        path = temp_path_in(directory, stem)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            if not _lock_blocking(fd):
+                return path, fd  # no locks on this filesystem: sweepers go by age alone
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    return path, fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _lock_blocking(fd: int) -> bool:
+    """Take an exclusive flock, waiting out a sweeper's brief shared one; False if locks are unsupported."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    except OSError as e:
+        if e.errno in _LOCKS_UNSUPPORTED:
+            return False
+        raise
+
+
 class TempFile:
     """A new file under a temporary name, locked while open, that :meth:`commit` renames into place.
 
@@ -97,13 +127,9 @@ class TempFile:
 
     def __init__(self, directory: Path, perms: Permissions, *, stem: str, read_only: bool = False) -> None:
         perms.make_dirs(directory)
-        self.path = temp_path_in(directory, stem)
-        self._fd = os.open(
-            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444 if read_only else 0o666
-        )
+        self.path, self._fd = _create_locked(directory, stem, 0o444 if read_only else 0o666)
         self._done = False
         try:
-            _try_lock(self._fd, shared=False)
             perms.finish_new_file(self._fd, directory)
             self.file: BinaryIO = _WritebackFile(self._fd)  # type: ignore[assignment]
         except BaseException:
@@ -195,9 +221,22 @@ def atomic_write(
     rename so that a power loss cannot leave a short file under the final name. With ``overwrite=False`` an
     existing ``target`` is kept and the new content discarded (content-addressed files are identical).
     """
+    sweep_once(target.parent)
     with TempFile(target.parent, perms, stem=target.name, read_only=read_only) as temp:
         yield temp.file
         temp.commit(target, durable=durable, overwrite=overwrite)
+
+
+# Directories this process has swept already: listing a directory on every write would cost more than
+# writing a small file, and a leftover only needs removing once.
+_swept: set[Path] = set()
+
+
+def sweep_once(directory: Path) -> None:
+    """Remove the leftovers of dead writers in ``directory``, the first time this process writes there."""
+    if directory not in _swept:
+        remove_stale_temp_files(directory)
+        _swept.add(directory)
 
 
 def remove_stale_temp_files(directory: Path) -> None:
@@ -207,7 +246,7 @@ def remove_stale_temp_files(directory: Path) -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith(".") and name.endswith(TEMP_SUFFIX):
+        if _TEMP_NAME.match(name):
             _remove_if_abandoned(directory / name)
 
 
@@ -226,8 +265,6 @@ def _remove_if_abandoned(path: Path) -> None:
             return  # a live writer holds it
         if locked is None and age < _UNLOCKABLE_TEMP_MAX_AGE_SECONDS:
             return
-        if st.st_size == 0 and age < _FRESH_EMPTY_TEMP_SECONDS:
-            return
         os.unlink(path)
     except OSError:
         pass
@@ -243,6 +280,6 @@ def _try_lock(fd: int, *, shared: bool) -> bool | None:
     except BlockingIOError:
         return False
     except OSError as e:
-        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EINVAL):
+        if e.errno in _LOCKS_UNSUPPORTED:
             return None
         raise

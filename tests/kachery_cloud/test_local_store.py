@@ -191,10 +191,13 @@ def test_a_killed_writers_temp_file_is_removed_but_a_live_one_is_kept(kachery_di
     data = b"content whose directory has leftovers"
     sha1 = sha1_of_bytes(data)
     blob = local_directory().blobs.path(sha1)
-    blob.parent.mkdir(parents=True)
-    dead = blob.parent / f".{sha1}.deadbeef.part"
+    root = kachery_dir / "sha1"  # where every writer of blobs keeps its temp file
+    root.mkdir(parents=True)
+    dead = root / f".{sha1}.deadbeefdeadbeef.part"
     dead.write_bytes(b"partial")
-    live = blob.parent / f".{sha1}.cafecafe.part"
+    dead_before_its_first_byte = root / f".{sha1}.0badf00d0badf00d.part"  # killed between creating and locking it
+    dead_before_its_first_byte.write_bytes(b"")
+    live = root / f".{sha1}.cafecafecafecafe.part"
     live.write_bytes(b"partial, being written")
     holder = subprocess.Popen(
         [
@@ -212,6 +215,7 @@ def test_a_killed_writers_temp_file_is_removed_but_a_live_one_is_kept(kachery_di
         kcl.store_text_local(data.decode())
         assert blob.read_bytes() == data
         assert not dead.exists()
+        assert not dead_before_its_first_byte.exists()
         assert live.exists()
     finally:
         holder.kill()
