@@ -28,6 +28,7 @@ from kachery_cloud.request_signing import (
 from .db.models import Client, RequestNonce, User, now_ms
 from .db.session import Database
 from .errors import AuthenticationFailed, ClientNotRegistered
+from .rate_limits import RateLimiter
 
 _SIGNATURE_HEADERS = (HEADER_CLIENT_ID, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 # Expired nonces are deleted at most this often per process.
@@ -47,8 +48,9 @@ class Caller:
 
 
 class RequestAuthenticator:
-    def __init__(self, db: Database, window_sec: int) -> None:
+    def __init__(self, db: Database, window_sec: int, limiter: RateLimiter) -> None:
         self.db = db
+        self.limiter = limiter
         self.window_ms = window_sec * 1000
         self._last_purge = 0.0
 
@@ -95,6 +97,8 @@ class RequestAuthenticator:
         )
         if not verify_signature(client_id, message, signature):
             raise AuthenticationFailed("request signature does not verify", error_code="bad_signature")
+        # Counted once the signature shows who is asking, and before the nonce costs a transaction.
+        self.limiter.client_request(client_id)
         # Kept for twice the window, so replicas whose clocks differ a little still agree on replays.
         return self._remember_nonce_and_load(client_id, nonce, timestamp_ms + 2 * self.window_ms)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .auth import RequestAuthenticator
 from .db.session import Database
 from .google_tokens import GoogleTokenVerifier
+from .rate_limits import RateLimiter
 from .services.blobs import BlobService
 from .services.feeds import FeedService
 from .services.mutables import MutableService
@@ -44,7 +45,11 @@ class ServerContext:
             settings=settings,
             db=db,
             storage=storage,
-            authenticator=RequestAuthenticator(db, settings.signature_window_sec),
+            authenticator=RequestAuthenticator(
+                db,
+                settings.signature_window_sec,
+                RateLimiter(settings.rate_limit_per_client, settings.rate_limit_per_address),
+            ),
             google=google,
             blobs=blobs,
             mutables=MutableService(db),

@@ -10,6 +10,7 @@ from __future__ import annotations
 class ApiError(Exception):
     status = 400
     error_code = "invalid_request"
+    headers: dict[str, str] | None = None  # extra response headers
 
     def __init__(self, message: str, *, error_code: str | None = None) -> None:
         super().__init__(message)
@@ -40,6 +41,17 @@ class Forbidden(ApiError):
 
     status = 403
     error_code = "permission_denied"
+
+
+class RateLimited(ApiError):
+    """429 rate_limited, with the seconds to wait in the ``Retry-After`` header."""
+
+    status = 429
+    error_code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_sec: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_sec)}
 
 
 class NotFound(ApiError):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
@@ -100,7 +101,21 @@ class Settings(BaseSettings):
     task_lease_sec: int = Field(30, ge=1, le=3600)
     # A task whose worker was lost this many times ends in error instead of being handed out again.
     task_max_attempts: int = Field(3, ge=1, le=100)
+    # Requests per client (signed requests, by client id) and per network address (requests without a valid
+    # signature), in the notation of the limits library: "200/second;6000/minute". Over it: 429 with
+    # Retry-After, which clients wait out. Counted per API process. Empty or null: no limit.
+    rate_limit_per_client: str | None = "200/second;6000/minute"
+    rate_limit_per_address: str | None = "200/second;6000/minute"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("rate_limit_per_client", "rate_limit_per_address")
+    @classmethod
+    def _limits_parse(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # no limit
+        if not parse_many(value):
+            raise ValueError(f"no rate limit in {value!r}")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,52 @@
+"""Server layer 4: how often one caller may ask. A client whose requests come faster than the server's
+limits gets 429 ``rate_limited`` with ``Retry-After``, which kachery-cloud clients wait out and retry.
+
+Signed requests count against their (verified) client id, so nobody can spend another client's budget by
+naming it; requests without a valid signature count against their network address. The counts live in each
+API process's memory (moving windows from the ``limits`` library): behind N replicas a client may reach N
+times the limit, which still stops one runaway script from starving everyone else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from .errors import RateLimited
+
+
+def parse_limits(text: str) -> list[RateLimitItem]:
+    """``"100/second;3000/minute"`` → the limits it names (ValueError if it names none or is malformed)."""
+    items = parse_many(text)
+    if not items:
+        raise ValueError(f"no rate limit in {text!r}")
+    return items
+
+
+class RateLimiter:
+    def __init__(self, per_client: str | None, per_address: str | None) -> None:
+        self._per_client = parse_limits(per_client) if per_client else []
+        self._per_address = parse_limits(per_address) if per_address else []
+        self._windows = MovingWindowRateLimiter(MemoryStorage())
+
+    def client_request(self, client_id: str) -> None:
+        """Count one request of a verified client; :class:`RateLimited` if it is over its limit."""
+        self._count(self._per_client, "client", client_id)
+
+    def address_request(self, address: str) -> None:
+        """Count one request that carries no valid signature, by the address it came from."""
+        self._count(self._per_address, "address", address)
+
+    def _count(self, items: list[RateLimitItem], kind: str, key: str) -> None:
+        for item in items:
+            if not self._windows.hit(item, kind, key):
+                reset_at = self._windows.get_window_stats(item, kind, key).reset_time
+                retry_after = max(1, math.ceil(reset_at - time.time()))
+                raise RateLimited(
+                    f"too many requests from this {kind} (limit {item}); try again in {retry_after} s",
+                    retry_after_sec=retry_after,
+                )
