@@ -109,3 +109,18 @@ def registered(connected: RunningServer) -> RunningServer:
 
     init(quiet=True)
     return connected
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("reliability", "the reliability suite (tests/reliability, doc/reliability.md)")
+    group.addoption(
+        "--soak",
+        action="store_true",
+        help="run the reliability checks at full length (200 kills, a 10-minute load, longer fuzzing)",
+    )
+    group.addoption(
+        "--reliability-report",
+        metavar="PATH",
+        default=None,
+        help="write the figures the reliability checks measured (runs, faults, errors, data lost) to PATH as JSON",
+    )
