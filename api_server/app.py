@@ -9,6 +9,8 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -17,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .context import ServerContext
-from .errors import ApiError
+from .errors import ApiError, StoreUnavailable
 from .routes import blobs, clients, feeds, health, mutables, projects, tasks
 from .web import pages
 
@@ -70,6 +72,21 @@ def create_app(context: ServerContext) -> FastAPI:
     async def _conflict(_request: Request, _exc: IntegrityError) -> JSONResponse:
         # Two requests raced for the same unique row; the loser's transaction was rolled back.
         return _error(409, "conflict", "a concurrent request changed the same record; try again")
+
+    @app.exception_handler(BotoConnectionError)
+    @app.exception_handler(HTTPClientError)
+    async def _store_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("the object store could not be reached in %s %s: %s", request.method, request.url.path, exc)
+        return _store_unavailable("the object store could not be reached")
+
+    @app.exception_handler(ClientError)
+    async def _store_failed(request: Request, exc: ClientError) -> JSONResponse:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if status < 500:
+            log.exception("unhandled error in %s %s", request.method, request.url.path)
+            return _error(500, "internal_error", "internal server error; the server log has the details")
+        log.warning("the object store failed in %s %s: %s", request.method, request.url.path, exc)
+        return _store_unavailable(f"the object store answered HTTP {status}")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -182,6 +199,12 @@ def _allowed_hosts(context: ServerContext) -> list[str]:
     if context.settings.host in ("0.0.0.0", "::"):
         return ["*"]  # listening everywhere without a public_url: any name may be used
     return sorted(hosts)
+
+
+def _store_unavailable(what: str) -> JSONResponse:
+    # boto3 has retried already; the client will again, after Retry-After.
+    unavailable = StoreUnavailable(f"{what}; try again")
+    return _error(unavailable.status, unavailable.error_code, unavailable.message, headers=unavailable.headers)
 
 
 def _error(

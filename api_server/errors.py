@@ -78,8 +78,13 @@ class QuotaExceeded(ApiError):
     error_code = "quota_exceeded"
 
 
-class StorageFailed(ApiError):
-    """502 storage_error: the object store refused or failed a request the server made."""
+class StoreUnavailable(ApiError):
+    """503 store_unavailable: the object store could not be reached or failed a request the server made.
 
-    status = 502
-    error_code = "storage_error"
+    Nothing is recorded before the store has done its part, so the request may be sent again, which clients
+    do for a 503 whatever its method (after ``Retry-After``).
+    """
+
+    status = 503
+    error_code = "store_unavailable"
+    headers = {"Retry-After": "2"}  # noqa: RUF012 (never mutated)

@@ -32,7 +32,7 @@ from kachery_cloud.uri import is_sha1_hex
 from ..auth import Caller
 from ..db.models import Blob, Membership, Project, Upload, now_ms
 from ..db.session import Database
-from ..errors import ApiError, InvalidRequest, NotFound, QuotaExceeded, StorageFailed
+from ..errors import ApiError, InvalidRequest, NotFound, QuotaExceeded, StoreUnavailable
 from ..settings import MIB, Settings
 from ..storage import Storage, new_upload_id, s3_error_code, sha1_base64
 from . import projects
@@ -170,7 +170,7 @@ class BlobService:
         if failure is not None:
             self._abort_multipart_uploads(plans, created)
             log.error("creating multipart uploads failed: %s", failure)
-            raise StorageFailed("the object store refused to start an upload; try again later")
+            raise StoreUnavailable("the object store refused to start an upload; try again later")
         return created
 
     def _instructions(
@@ -246,7 +246,7 @@ class BlobService:
                 raise
             except Exception:
                 log.exception("completing upload %s failed", upload_id)
-                raise StorageFailed("the object store failed while an upload was verified; try again") from None
+                raise StoreUnavailable("the object store failed while an upload was verified; try again") from None
         return results
 
     def _complete_one(self, upload: Upload, parts: list[tuple[int, str]] | None) -> dict[str, Any]:
@@ -408,7 +408,7 @@ class BlobService:
             self.storage.put_bytes(key, data, sha1)
         except Exception as e:
             reason = s3_error_code(e) or e
-            raise StorageFailed(f"the object store refused a {len(data)}-byte object ({reason})") from None
+            raise StoreUnavailable(f"the object store refused a {len(data)}-byte object ({reason})") from None
 
     def _record_written(self, project_id: str, client_id: str, placed: dict[str, _Placed]) -> None:
         with self.db.transaction() as session:

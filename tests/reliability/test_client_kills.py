@@ -1,0 +1,190 @@
+"""Fault 1: kill -9 of clients in the middle of storing and loading, at random moments, many times.
+
+Afterwards every file in the cache has its hash, every leftover temp file is removed by the next run, and
+that next run stores and loads everything. Stores and loads go through a real API server and store, with
+small thresholds so that inline, single-PUT, multipart and parallel ranged transfers all get killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import kachery_cloud as kcl
+from kachery_cloud.hashing import sha1_of_file
+
+from ..conftest import CLOUD_TEST_SETTINGS, point_client_at
+from ..servers import RunningServer, start_server
+from .conftest import Figure, Figures
+
+KIB, MIB = 1 << 10, 1 << 20
+# Inline (small), one PUT (up to 1 MiB in the test settings), multipart (5 MiB parts), and ranged parallel
+# downloads (16 MiB and more).
+STORE_SIZES = [2 * KIB, 40 * KIB, 700 * KIB, 3 * MIB, 11 * MIB]
+POOL_SIZES = [3 * KIB, 50 * KIB, 900 * KIB, 4 * MIB, 9 * MIB, 17 * MIB, 24 * MIB]
+
+CHILD = r"""
+import sys, kachery_cloud as kcl
+mode, args = sys.argv[1], sys.argv[2:]
+print("ready", flush=True)
+if mode == "store":
+    kcl.store_files(args, cache_locally=True)
+else:
+    for uri in args:
+        kcl.load_file(uri)
+print("done", flush=True)
+"""
+
+
+RELOAD = (
+    "import json, sys, kachery_cloud as kcl; print(json.dumps([kcl.load_file(u) for u in json.loads(sys.argv[1])]))"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("kills"), settings=dict(CLOUD_TEST_SETTINGS))
+    yield running
+    running.stop()
+
+
+def random_file(directory: Path, size: int, rng: random.Random) -> Path:
+    path = directory / f"f{rng.getrandbits(64):016x}.bin"
+    path.write_bytes(rng.randbytes(size))
+    return path
+
+
+def temp_files(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob(".*.part") if p.is_file()]
+
+
+def cache_blobs(kachery_dir: Path) -> list[Path]:
+    return [p for p in (kachery_dir / "sha1").rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+def test_clients_killed_at_random_moments_leave_a_sound_cache(
+    server: RunningServer,
+    kachery_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    soak: bool,
+    figures: Figures,
+) -> None:
+    point_client_at(server, monkeypatch)
+    kcl.init(quiet=True)
+    rng = random.Random(int(os.environ.get("KACHERY_TEST_SEED", "8")))
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    pool = {kcl.store_file(str(random_file(sources, size, rng))): size for size in POOL_SIZES}
+    kills = 200 if soak else 20
+    started = time.monotonic()
+    to_store: list[Path] = []
+    mid_operation = {"store": 0, "load": 0}
+    finished_first = 0
+    debris = 0
+    for i in range(kills):
+        mode = "store" if i % 2 == 0 else "load"
+        if mode == "store":
+            batch = [random_file(sources, rng.choice(STORE_SIZES), rng) for _ in range(3)]
+            to_store += batch
+            args = [str(p) for p in batch]
+        else:
+            args = rng.sample(sorted(pool), 3)
+            for uri in args:  # out of the cache, so that the load really downloads
+                blob = kachery_dir / "sha1" / blob_path(uri)
+                if blob.exists():
+                    assert sha1_of_file(blob) == blob.name
+                    blob.unlink()
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, mode, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 1.5))
+        os.kill(child.pid, signal.SIGKILL)
+        out, err = child.communicate(timeout=30)
+        if "done" in out:
+            finished_first += 1
+        else:
+            mid_operation[mode] += 1
+            assert child.returncode == -signal.SIGKILL, err
+        debris += len(temp_files(kachery_dir))  # left by this kill (earlier ones were swept by this child)
+        # After every kill: nothing in the cache under a name that is not its hash.
+        for blob in cache_blobs(kachery_dir):
+            assert sha1_of_file(blob) == blob.name, f"kill {i}: {blob} does not have its hash"
+
+    # The next run: stores everything the killed clients were storing, loads everything they were loading,
+    # and removes what they left behind.
+    for uri in pool:
+        blob = kachery_dir / "sha1" / blob_path(uri)
+        blob.unlink(missing_ok=True)
+    script = (
+        "import json, sys, kachery_cloud as kcl\n"
+        "paths, pool = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
+        "uris = kcl.store_files(paths, cache_locally=True)\n"
+        "print(json.dumps({'uris': uris, 'loaded': [kcl.load_file(u) for u in pool + uris]}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([str(p) for p in to_store]), json.dumps(sorted(pool))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    for path, uri in zip(to_store, answer["uris"], strict=True):
+        assert uri.startswith(f"sha1://{sha1_of_file(path)}")
+    for loaded, uri in zip(answer["loaded"], sorted(pool) + answer["uris"], strict=True):
+        assert sha1_of_file(Path(loaded)) == blob_path(uri).name
+    left = temp_files(kachery_dir)
+    assert left == [], f"temp files the next run did not remove: {left}"
+    for blob in cache_blobs(kachery_dir):
+        assert sha1_of_file(blob) == blob.name
+
+    # And into an empty cache with the same identity, every stored blob comes back from the server intact.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in ("private.pem", "public.pem"):  # the identity; the server's address is in the environment
+        shutil.copy2(kachery_dir / name, fresh / name)
+    reload = subprocess.run(
+        [sys.executable, "-c", RELOAD, json.dumps(answer["uris"])],
+        env={**os.environ, "KACHERY_CLOUD_DIR": str(fresh)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert reload.returncode == 0, reload.stderr
+    for loaded, uri in zip(json.loads(reload.stdout), answer["uris"], strict=True):
+        assert sha1_of_file(Path(loaded)) == blob_path(uri).name
+    figures.record(
+        Figure(
+            item="1 client kill -9 during store and load",
+            runs=kills,
+            faults=sum(mid_operation.values()),
+            errors=0,
+            data_lost=0,
+            seconds=time.monotonic() - started,
+            details={
+                "killed_mid_store": mid_operation["store"],
+                "killed_mid_load": mid_operation["load"],
+                "finished_before_the_kill": finished_first,
+                "temp_files_left_by_kills": debris,
+                "temp_files_after_next_run": len(left),
+                "files_stored_after": len(to_store),
+            },
+        )
+    )
+
+
+def blob_path(uri: str) -> Path:
+    sha1 = uri.removeprefix("sha1://").split("?")[0]
+    return Path(sha1[0:2], sha1[2:4], sha1[4:6], sha1)
