@@ -8,6 +8,9 @@ Retry policy (exponential backoff with jitter, at most ``max_attempts`` tries):
 - other 5xx, read timeouts and connections dropped mid-request: retried only for idempotent calls, since the
   server may have acted on the first attempt.
 
+A server that cannot be reached at all (connection refused, or dropped for an idempotent call) is tried for
+at least ``unreachable_budget_sec`` (20 s), beyond ``max_attempts``: long enough to ride out a restart.
+
 Each attempt is signed afresh (new timestamp and nonce): resending the same signature would be refused as a
 replay.
 """
@@ -36,6 +39,7 @@ from ..identity import ClientIdentity
 
 DEFAULT_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds
 DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_UNREACHABLE_BUDGET_SEC = 20.0
 _MAX_BACKOFF_SEC = 20.0
 _MAX_RETRY_AFTER_SEC = 120.0
 
@@ -59,10 +63,11 @@ _ERROR_CLASSES: dict[str, type[ServerError]] = {
 class _RetryableFailure(Exception):
     """One failed attempt that may be retried; ``final`` is what the caller gets if no attempt succeeds."""
 
-    def __init__(self, final: Exception, retry_after: float | None = None) -> None:
+    def __init__(self, final: Exception, retry_after: float | None = None, *, unreachable: bool = False) -> None:
         super().__init__(str(final))
         self.final = final
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 class ApiClient:
@@ -75,12 +80,14 @@ class ApiClient:
         *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        unreachable_budget_sec: float = DEFAULT_UNREACHABLE_BUDGET_SEC,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.identity = identity
         self.session = new_session(pool_maxsize=16)
         self.timeout = timeout
         self.max_attempts = max_attempts
+        self.unreachable_budget_sec = unreachable_budget_sec
 
     def call(
         self,
@@ -98,7 +105,7 @@ class ApiClient:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
         body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode("utf-8")
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts),
+            stop=self._should_stop,
             wait=_wait_backoff_or_retry_after,
             retry=tenacity.retry_if_exception_type(_RetryableFailure),
             reraise=True,
@@ -110,6 +117,14 @@ class ApiClient:
         except _RetryableFailure as failure:
             raise failure.final from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _should_stop(self, retry_state: tenacity.RetryCallState) -> bool:
+        if retry_state.attempt_number < self.max_attempts:
+            return False
+        outcome = retry_state.outcome
+        failure = outcome.exception() if outcome is not None else None
+        unreachable = isinstance(failure, _RetryableFailure) and failure.unreachable
+        return not unreachable or (retry_state.seconds_since_start or 0.0) >= self.unreachable_budget_sec
 
     def _attempt(
         self,
@@ -137,7 +152,7 @@ class ApiClient:
                 "Set KACHERY_CLOUD_API_URL or api_url in config.yaml to use another one"
             )
             if _never_sent(e) or idempotent:
-                raise _RetryableFailure(unreachable) from e
+                raise _RetryableFailure(unreachable, unreachable=True) from e
             raise unreachable from None
         except requests.exceptions.Timeout as e:
             final = ServerUnreachableError(f"the API server at {self.base_url} did not answer {method} {path} in time")

@@ -119,7 +119,7 @@ def test_error_codes_map_to_exceptions_with_actionable_messages(
 
 def test_an_unreachable_server_names_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    client = ApiClient(url, new_identity(), max_attempts=2)
+    client = ApiClient(url, new_identity(), max_attempts=2, unreachable_budget_sec=0)
     with pytest.raises(kcl.ServerUnreachableError, match=url) as error:
         client.call("GET", "/api/health")
     assert isinstance(error.value, ConnectionError)
