@@ -84,14 +84,14 @@ def create_app(context: ServerContext) -> FastAPI:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if status < 500:
             log.exception("unhandled error in %s %s", request.method, request.url.path)
-            return _error(500, "internal_error", "internal server error; the server log has the details")
+            return _internal_error()
         log.warning("the object store failed in %s %s: %s", request.method, request.url.path, exc)
         return _store_unavailable(f"the object store answered HTTP {status}")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", "internal server error; the server log has the details")
+        return _internal_error()
 
     return app
 
@@ -126,7 +126,7 @@ MAX_BODY_BYTES = 1 << 20  # API bodies are small JSON; blob bytes come here only
 # messages, which escaping inside JSON strings can double), a task request (1 MiB of input as JSON) and
 # small blobs sent inline (4 MiB, base64).
 LARGE_BODY_BYTES = 16 << 20
-_LARGE_BODY_PATHS = re.compile(r"^/api/(mutables/set|feeds/[^/]+/messages|tasks/request|blobs/inline)$")
+_LARGE_BODY_PATHS = re.compile(r"^/api/(mutables/set|feeds/[^/]+/messages|tasks/request|blobs/inline)\Z")
 
 
 class _RequestGuard:
@@ -201,6 +201,17 @@ def _allowed_hosts(context: ServerContext) -> list[str]:
     return sorted(hosts)
 
 
+def _internal_error() -> JSONResponse:
+    # Starlette re-raises after this answer and uvicorn then closes the connection: say so, so that a client
+    # does not send its next request down a connection that is about to be gone.
+    return _error(
+        500,
+        "internal_error",
+        "internal server error; the server log has the details",
+        headers={"Connection": "close"},
+    )
+
+
 def _store_unavailable(what: str) -> JSONResponse:
     # boto3 has retried already; the client will again, after Retry-After.
     unavailable = StoreUnavailable(f"{what}; try again")
@@ -210,7 +221,12 @@ def _store_unavailable(what: str) -> JSONResponse:
 def _error(
     status: int, code: str, message: str, *, details: list[dict[str, str]] | None = None, headers: dict | None = None
 ) -> JSONResponse:
-    body: dict[str, object] = {"error_code": code, "message": message}
+    body: dict[str, object] = {"error_code": code, "message": _printable(message)}
     if details is not None:
-        body["details"] = details
+        body["details"] = [{k: _printable(v) for k, v in d.items()} for d in details]
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _printable(text: str) -> str:
+    # A message may quote what the client sent, lone surrogates included, which UTF-8 cannot carry.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

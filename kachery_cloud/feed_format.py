@@ -18,7 +18,7 @@ from .errors import InvalidArgumentError, InvalidURIError
 from .serialization import canonical_json_bytes
 
 URI_SCHEME = "kachery-feed"
-FEED_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+FEED_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 SIGNED_MESSAGE_TAG = "kachery-cloud-feed-message-v1"
 
 MAX_MESSAGE_BYTES = 1 << 20  # canonical JSON of one message

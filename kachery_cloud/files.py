@@ -20,7 +20,7 @@ from .local import LocalDirectory
 from .local.blobs import copy_file_into
 from .local.fs import Permissions, atomic_write
 from .local.hash_memo import FileFingerprint
-from .uri import format_uri, parse_uri
+from .uri import check_label, format_uri, parse_uri
 
 StrPath = str | os.PathLike[str]
 
@@ -32,6 +32,7 @@ def store_file_local(filename: StrPath, label: str | None = None) -> str:
     The file is read once, hashed while it is copied. Storing a file that is unchanged since it was last
     stored or linked reads nothing (hash memo).
     """
+    check_label(label)
     path, st = regular_file(filename)
     return format_uri(copy_into_store(local_directory(), path, st), label)
 
@@ -61,6 +62,7 @@ def link_file(filename: StrPath, label: str | None = None) -> str:
     The path, size and modification time are recorded. If the file changes later, a load hashes it again
     and refuses it when the content no longer matches.
     """
+    check_label(label)
     path, st = regular_file(filename)
     local = local_directory()
     sha1 = hash_with_memo(local, path, st)

@@ -92,7 +92,7 @@ def _segment_problem(segment: str) -> str | None:
         return f"segment {segment!r} starts with '.', which is reserved"
     if segment == "@":
         return "a folder segment needs a name after '@'"
-    if any(ord(c) < 32 or ord(c) == 127 for c in segment):
+    if any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in segment):  # C0, DEL and C1 (U+009B drives terminals)
         return f"segment {segment!r} contains a control character"
     if any(0xD800 <= ord(c) <= 0xDFFF for c in segment):
         return f"segment {segment!r} is not valid Unicode (lone surrogate)"

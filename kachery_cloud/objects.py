@@ -20,7 +20,7 @@ from .files import load_file
 from .hashing import sha1_of_bytes
 from .serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
 from .storing import upload_cached_blob
-from .uri import format_uri, parse_uri
+from .uri import check_label, format_uri, parse_uri
 
 
 @explain_permission_errors
@@ -28,7 +28,11 @@ def store_text_local(text: str, label: str | None = None) -> str:
     """Store ``text`` (as UTF-8) in the local store and return its URI."""
     if not isinstance(text, str):
         raise SerializationError(f"store_text needs a str, not {type(text).__name__}")
-    return _store_bytes_local(text.encode("utf-8"), label)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SerializationError(f"the text is not valid Unicode (a lone surrogate at {e.start})") from None
+    return _store_bytes_local(data, label)
 
 
 @explain_permission_errors
@@ -136,10 +140,12 @@ def _load_bytes_of(uri: str, local_only: bool) -> bytes | None:
 
 
 def _store_bytes_local(data: bytes, label: str | None) -> str:
+    check_label(label)
     sha1 = sha1_of_bytes(data)
     local_directory().blobs.put(sha1, lambda f: f.write(data), size_hint=len(data))
     return format_uri(sha1, label)
 
 
 def _store_serialized_local(write: Callable[[BinaryIO], None], label: str | None) -> str:
+    check_label(label)
     return format_uri(local_directory().blobs.add(write), label)

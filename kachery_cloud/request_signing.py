@@ -25,10 +25,10 @@ HEADER_TIMESTAMP = "X-Kachery-Timestamp"
 HEADER_NONCE = "X-Kachery-Nonce"
 HEADER_SIGNATURE = "X-Kachery-Signature"
 
-CLIENT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
-NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
-SIGNATURE_RE = re.compile(r"^[0-9a-f]{128}$")
-TIMESTAMP_RE = re.compile(r"^[0-9]{1,16}$")
+CLIENT_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
+NONCE_RE = re.compile(r"^[0-9a-f]{32}\Z")
+SIGNATURE_RE = re.compile(r"^[0-9a-f]{128}\Z")
+TIMESTAMP_RE = re.compile(r"^[0-9]{1,16}\Z")
 
 
 def body_digest(body: bytes) -> str:

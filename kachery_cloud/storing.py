@@ -20,7 +20,7 @@ from .api import blobs as blobs_api
 from .config import ClientConfig, load_config
 from .errors import IntegrityError, InvalidArgumentError, QuotaExceededError, ServerError
 from .files import StrPath, copy_into_store, hash_with_memo, regular_file
-from .uri import format_uri
+from .uri import check_label, format_uri
 
 if TYPE_CHECKING:  # requests loads on first use
     from .api.client import ApiClient
@@ -53,6 +53,8 @@ def store_files(
         raise InvalidArgumentError("store_files needs a list of file names; use store_file for one file")
     if labels is not None and len(labels) != len(filenames):
         raise InvalidArgumentError(f"{len(filenames)} files but {len(labels)} labels")
+    for label in labels or ():
+        check_label(label)
     config = load_config()
     require_writable(config, "store_files" if len(filenames) != 1 else "store_file")
     local = local_directory(config)

@@ -24,8 +24,8 @@ from .serialization import canonical_json_bytes
 TASK_TYPES = ("calculation", "action")
 TASK_STATES = ("pending", "running", "finished", "error", "cancelled")
 FINAL_STATES = ("finished", "error", "cancelled")
-TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,254}$")
-TASK_ID_RE = re.compile(r"^[0-9a-f]{40}$")
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,254}\Z")
+TASK_ID_RE = re.compile(r"^[0-9a-f]{40}\Z")
 MAX_INPUT_BYTES = 1 << 20  # canonical JSON of a task input; larger data goes in by URI
 # A result up to this size (canonical JSON) travels in the completion and in the requester's answer; the server
 # stores it as a blob itself. Larger ones the worker uploads as a blob, and the requester downloads.

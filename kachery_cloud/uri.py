@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote
 
-from .errors import InvalidURIError
+from .errors import InvalidArgumentError, InvalidURIError
 
 SCHEME = "sha1"
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")
@@ -34,10 +34,21 @@ def is_sha1_hex(value: str) -> bool:
     return _SHA1_RE.fullmatch(value) is not None
 
 
+def check_label(label: object) -> None:
+    """Refuse a label that is not text a URI can carry (InvalidArgumentError); called before anything is stored."""
+    if label is None:
+        return
+    if not isinstance(label, str):
+        raise InvalidArgumentError(f"a label must be a str, not {type(label).__name__}")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in label):
+        raise InvalidArgumentError(f"the label {label[:40]!r} is not valid Unicode text (lone surrogate)")
+
+
 def format_uri(sha1: str, label: str | None = None) -> str:
     """The URI of content with hash ``sha1``; the label is URL-quoted and never changes the hash."""
     if not is_sha1_hex(sha1):
         raise InvalidURIError(f"not a SHA-1 hash (40 lowercase hex digits): {sha1!r}")
+    check_label(label)
     if label is None:
         return f"{SCHEME}://{sha1}"
     # quote() with its default safe='/' is what kachery-cloud used, so labels produce identical URIs.
@@ -69,4 +80,6 @@ def parse_uri(uri: str) -> ContentURI:
             query.setdefault(key, value)
     except ValueError as e:
         raise InvalidURIError(f"malformed query in {uri!r}: {e}") from None
+    if any(0xD800 <= ord(c) <= 0xDFFF for value in query.values() for c in value):
+        raise InvalidURIError(f"the query of {uri!r} is not valid Unicode text (lone surrogate)")
     return ContentURI(sha1=hash_part, label=query.get("label"), query=query)

@@ -134,6 +134,7 @@ class MutableService:
             if prefix is not None:
                 query = query.where(_under(prefix))
             if after is not None:
+                _check_key(after)  # a page ends at a key; NUL or a lone surrogate would fail in the database
                 query = query.where(Mutable.key > after)
             rows = session.execute(query.order_by(Mutable.key).limit(limit + 1)).all()
             add_usage(session, project.id, requests=1)

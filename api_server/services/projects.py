@@ -12,7 +12,7 @@ from ..auth import Caller
 from ..db.models import ROLES, Membership, Project, User
 from ..errors import ClientNotRegistered, Conflict, Forbidden, InvalidRequest, NotFound
 
-PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 _ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
 
 
@@ -59,7 +59,9 @@ def create_project(
 
 
 def get_project(session: Session, project_id: str) -> Project:
-    project = session.get(Project, project_id)
+    # An id no project can have (NUL, lone surrogates, odd text) is answered before it reaches the database,
+    # which may refuse such text with an error of its own.
+    project = session.get(Project, project_id) if PROJECT_ID_RE.match(project_id) else None
     if project is None:
         raise NotFound(f"project {project_id} does not exist", error_code="project_not_found")
     return project

@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 TEMP_SUFFIX = ".part"
 # Exactly the names temp_path_in makes, so that a sweep never touches a user's own ".something.part".
-_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + "$", re.DOTALL)
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + r"\Z", re.DOTALL)
 _LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF, errno.EINVAL)
 # Where locks are unsupported (some network filesystems), only age tells a leftover apart.
 _UNLOCKABLE_TEMP_MAX_AGE_SECONDS = 24 * 3600.0
@@ -52,7 +52,7 @@ class Permissions:
         self.make_dirs(path.parent)
         # Build the directory under a temporary name and rename it into place, so that no other user ever
         # sees it before its permissions are right (a plain mkdir would be private until the chmod).
-        staging = path.parent / f".{path.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        staging = path.parent / f".{short_stem(path.name)}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
         os.mkdir(staging)
         try:
             self._share_dir(staging, path.parent)
@@ -87,7 +87,13 @@ class Permissions:
 
 def temp_path_in(directory: Path, stem: str) -> Path:
     """A unique temporary name in ``directory``."""
-    return directory / f".{stem}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    return directory / f".{short_stem(stem)}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+def short_stem(name: str) -> str:
+    """At most 100 bytes of ``name`` (whole characters): a temp name is longer than the name it stands for,
+    and must still fit the filesystem's 255-byte limit."""
+    return name.encode("utf-8")[:100].decode("utf-8", "ignore")
 
 
 def _create_locked(directory: Path, stem: str, mode: int) -> tuple[Path, int]:

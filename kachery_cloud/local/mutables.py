@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
-from .fs import TEMP_SUFFIX, Permissions, atomic_write
+from .fs import TEMP_SUFFIX, Permissions, atomic_write, short_stem
 
 
 class LocalMutables:
@@ -48,7 +48,7 @@ class LocalMutables:
     def delete_folder(self, folder_key: str) -> bool:
         """Delete every key under ``folder_key``; return whether the folder existed."""
         path = self.directory.joinpath(*validate_folder_key(folder_key))
-        doomed = path.parent / f".{path.name}.{secrets.token_hex(6)}.deleting{TEMP_SUFFIX}"
+        doomed = path.parent / f".{short_stem(path.name)}.{secrets.token_hex(6)}.deleting{TEMP_SUFFIX}"
         try:
             os.rename(path, doomed)
         except FileNotFoundError:
