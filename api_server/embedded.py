@@ -40,10 +40,14 @@ class EmbeddedS3:
             raise EmbeddedStoreError(f"nanio {installed} is installed; this server needs nanio=={NANIO_VERSION}")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         access_key, secret_key = self._credentials()
-        for _attempt in range(3):  # another process may take the free port between our check and nanio's bind
-            port = free_loopback_port()
+        previous = self._previous_port()
+        for attempt in range(3):  # another process may take the free port between our check and nanio's bind
+            # The port of the last run first: presigned URLs handed out before a restart still lead somewhere.
+            port = previous if attempt == 0 and previous else free_loopback_port()
             self._spawn(port, access_key, secret_key)
             if self._wait_ready(port):
+                with contextlib.suppress(OSError):
+                    self._port_file.write_text(f"{port}\n")
                 return S3Settings(
                     endpoint_url=f"http://127.0.0.1:{port}",
                     bucket=BUCKET,
@@ -53,6 +57,17 @@ class EmbeddedS3:
         raise EmbeddedStoreError(
             f"the embedded S3 store (nanio) did not start; see {self.log_path}:\n{self._log_tail()}"
         )
+
+    @property
+    def _port_file(self) -> Path:
+        return self.dir.parent / "s3-port"
+
+    def _previous_port(self) -> int | None:
+        try:
+            port = int(self._port_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return port if 1024 <= port <= 65535 else None
 
     def stop(self) -> None:
         process, self.process = self.process, None
