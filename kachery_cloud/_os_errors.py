@@ -1,7 +1,9 @@
-"""Turns permission problems in the client directory into :class:`LocalFileError` with a useful hint."""
+"""Turns permission problems and a full disk in the client directory into :class:`LocalFileError` with a
+useful hint."""
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -13,7 +15,7 @@ R = TypeVar("R")
 
 
 def explain_permission_errors(function: Callable[P, R]) -> Callable[P, R]:
-    """Re-raise ``PermissionError`` as :class:`LocalFileError` naming the path and the usual cause."""
+    """Re-raise ``PermissionError`` and a full disk as :class:`LocalFileError` naming the path and what to do."""
 
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -25,6 +27,14 @@ def explain_permission_errors(function: Callable[P, R]) -> Callable[P, R]:
             raise LocalFileError(
                 f"permission denied: {e.filename or e}. If several users share this kachery-cloud directory, "
                 "set 'multiuser: true' in its config.yaml (and make the directory group-owned and setgid)"
+            ) from e
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = e.filename or "the kachery-cloud directory (KACHERY_CLOUD_DIR)"
+            raise LocalFileError(
+                f"no space left on the disk holding {where} ({e.strerror}); nothing partial was kept. Free some "
+                "space, or set KACHERY_CLOUD_DIR to a directory on a larger disk"
             ) from e
 
     return wrapper

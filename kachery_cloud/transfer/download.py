@@ -116,11 +116,13 @@ def stream_blob(
                     while n := response.raw.readinto(
                         buffer if into is None else into[received : received + CHUNK_BYTES]
                     ):
-                        received += n
-                        if received > size:
+                        if received + n > size:
                             raise IntegrityError(f"{what}: the store sent more than the {size} bytes expected")
                         if out is not None:
-                            out.write(buffer[:n])
+                            _write_local(out, buffer[:n])
+                        received += n
+        except _LocalWriteFailed as e:
+            raise e.error from None  # a full disk is not a dropped connection: no retry
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:  # raw reads raise urllib3's
             error = connection_error(e, what)
         if error is None and received == size:
@@ -154,3 +156,18 @@ def fetch_range(url: UrlSource, start: int, end: int, what: str) -> bytes:
             raise NotFoundError(f"{what}: the object store no longer has this blob ({error})") from None
         raise
     return response.content if response.status_code == 206 else response.content[start:end]
+
+
+class _LocalWriteFailed(Exception):
+    """Writing what arrived to the local file failed (a full disk, say): not an error of the connection."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _write_local(out: BinaryIO, data: memoryview) -> None:
+    try:
+        out.write(data)
+    except OSError as e:
+        raise _LocalWriteFailed(e) from e
