@@ -14,7 +14,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
@@ -67,6 +67,11 @@ def create_app(context: ServerContext) -> FastAPI:
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
         return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, _exc: DataError) -> JSONResponse:
+        # A value the database refuses (PostgreSQL text cannot hold NUL): no such record can exist.
+        return _error(400, "invalid_request", "the request holds a value that cannot be stored (such as NUL)")
 
     @app.exception_handler(IntegrityError)
     async def _conflict(_request: Request, _exc: IntegrityError) -> JSONResponse:

@@ -86,7 +86,7 @@ def test_clients_killed_at_random_moments_leave_a_sound_cache(
     sources = tmp_path / "sources"
     sources.mkdir()
     pool = {kcl.store_file(str(random_file(sources, size, rng))): size for size in POOL_SIZES}
-    kills = 200 if soak else 20
+    kills = 200 if soak else 12
     started = time.monotonic()
     to_store: list[Path] = []
     mid_operation = {"store": 0, "load": 0}
