@@ -73,6 +73,11 @@ def create_app(context: ServerContext) -> FastAPI:
         # A value the database refuses (PostgreSQL text cannot hold NUL): no such record can exist.
         return _error(400, "invalid_request", "the request holds a value that cannot be stored (such as NUL)")
 
+    @app.exception_handler(UnicodeEncodeError)
+    async def _not_unicode(_request: Request, _exc: UnicodeEncodeError) -> JSONResponse:
+        # Text with lone surrogates (valid in JSON, not in UTF-8) that no check caught before the database.
+        return _error(400, "invalid_request", "the request holds text that is not valid Unicode (a lone surrogate)")
+
     @app.exception_handler(IntegrityError)
     async def _conflict(_request: Request, _exc: IntegrityError) -> JSONResponse:
         # Two requests raced for the same unique row; the loser's transaction was rolled back.

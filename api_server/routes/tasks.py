@@ -86,8 +86,8 @@ class ClaimResponse(BaseModel):
 
 
 class Claim(BaseModel):
-    task_id: str
-    claim_id: str
+    task_id: str = Field(pattern=r"^[0-9a-f]{40}$")
+    claim_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     progress: str | None = Field(None, description="a new progress message, if any")
 
 
