@@ -52,7 +52,7 @@ def create_app(context: ServerContext) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.error_code, exc.message, headers=exc.headers)
+        return _answer(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -87,21 +87,19 @@ def create_app(context: ServerContext) -> FastAPI:
     @app.exception_handler(HTTPClientError)
     async def _store_unreachable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("the object store could not be reached in %s %s: %s", request.method, request.url.path, exc)
-        return _store_unavailable("the object store could not be reached")
+        return _answer(StoreUnavailable("the object store could not be reached; try again"))
 
     @app.exception_handler(ClientError)
     async def _store_failed(request: Request, exc: ClientError) -> JSONResponse:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if status < 500:
-            log.exception("unhandled error in %s %s", request.method, request.url.path)
-            return _internal_error()
+            return _internal_error(request)
         log.warning("the object store failed in %s %s: %s", request.method, request.url.path, exc)
-        return _store_unavailable(f"the object store answered HTTP {status}")
+        return _answer(StoreUnavailable(f"the object store answered HTTP {status}; try again"))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return _internal_error()
+    async def _unexpected(request: Request, _exc: Exception) -> JSONResponse:
+        return _internal_error(request)
 
     return app
 
@@ -211,9 +209,10 @@ def _allowed_hosts(context: ServerContext) -> list[str]:
     return sorted(hosts)
 
 
-def _internal_error() -> JSONResponse:
-    # Starlette re-raises after this answer and uvicorn then closes the connection: say so, so that a client
-    # does not send its next request down a connection that is about to be gone.
+def _internal_error(request: Request) -> JSONResponse:
+    """Log the exception being handled; answer 500. Starlette re-raises after this answer and uvicorn then
+    closes the connection: say so, so that a client does not send its next request down it."""
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
     return _error(
         500,
         "internal_error",
@@ -222,10 +221,8 @@ def _internal_error() -> JSONResponse:
     )
 
 
-def _store_unavailable(what: str) -> JSONResponse:
-    # boto3 has retried already; the client will again, after Retry-After.
-    unavailable = StoreUnavailable(f"{what}; try again")
-    return _error(unavailable.status, unavailable.error_code, unavailable.message, headers=unavailable.headers)
+def _answer(exc: ApiError) -> JSONResponse:
+    return _error(exc.status, exc.error_code, exc.message, headers=exc.headers)
 
 
 def _error(

@@ -54,12 +54,23 @@ class RequestAuthenticator:
         self.window_ms = window_sec * 1000
         self._last_purge = 0.0
 
-    def authenticate(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> Caller:
+    def authenticate(self, method: str, target: str, body: bytes, headers: Mapping[str, str], address: str) -> Caller:
         """The verified caller (anonymous if the request carries no signature headers at all).
 
         Raises :class:`AuthenticationFailed` for anything else: partial headers, a bad signature, a timestamp
-        outside the window, a nonce already used.
+        outside the window, a nonce already used. Verified requests count against their client's rate limit,
+        the others against their network ``address``'s (:class:`RateLimited` when over it).
         """
+        try:
+            caller = self._verify(method, target, body, headers)
+        except AuthenticationFailed:
+            self.limiter.address_request(address)
+            raise
+        if caller.client_id is None:
+            self.limiter.address_request(address)
+        return caller
+
+    def _verify(self, method: str, target: str, body: bytes, headers: Mapping[str, str]) -> Caller:
         present = [h for h in _SIGNATURE_HEADERS if headers.get(h)]
         if not present:
             return Caller(client_id=None)

@@ -19,18 +19,11 @@ from limits.strategies import MovingWindowRateLimiter
 from .errors import RateLimited
 
 
-def parse_limits(text: str) -> list[RateLimitItem]:
-    """``"100/second;3000/minute"`` → the limits it names (ValueError if it names none or is malformed)."""
-    items = parse_many(text)
-    if not items:
-        raise ValueError(f"no rate limit in {text!r}")
-    return items
-
-
 class RateLimiter:
     def __init__(self, per_client: str | None, per_address: str | None) -> None:
-        self._per_client = parse_limits(per_client) if per_client else []
-        self._per_address = parse_limits(per_address) if per_address else []
+        # Already checked by the settings ("" and None: no limit).
+        self._per_client = parse_many(per_client) if per_client else []
+        self._per_address = parse_many(per_address) if per_address else []
         self._windows = MovingWindowRateLimiter(MemoryStorage())
 
     def client_request(self, client_id: str) -> None:

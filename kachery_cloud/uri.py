@@ -40,8 +40,13 @@ def check_label(label: object) -> None:
         return
     if not isinstance(label, str):
         raise InvalidArgumentError(f"a label must be a str, not {type(label).__name__}")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in label):
+    if _has_lone_surrogate(label):
         raise InvalidArgumentError(f"the label {label[:40]!r} is not valid Unicode text (lone surrogate)")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    # Valid in a Python str (and in JSON), not in UTF-8: such text cannot be quoted into a URI or stored.
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
 def format_uri(sha1: str, label: str | None = None) -> str:
@@ -80,6 +85,6 @@ def parse_uri(uri: str) -> ContentURI:
             query.setdefault(key, value)
     except ValueError as e:
         raise InvalidURIError(f"malformed query in {uri!r}: {e}") from None
-    if any(0xD800 <= ord(c) <= 0xDFFF for value in query.values() for c in value):
+    if any(_has_lone_surrogate(value) for value in query.values()):
         raise InvalidURIError(f"the query of {uri!r} is not valid Unicode text (lone surrogate)")
     return ContentURI(sha1=hash_part, label=query.get("label"), query=query)

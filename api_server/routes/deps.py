@@ -8,7 +8,6 @@ from fastapi import Depends, Request
 
 from ..auth import Caller, require_registered
 from ..context import ServerContext
-from ..errors import AuthenticationFailed
 
 
 def get_context(request: Request) -> ServerContext:
@@ -32,24 +31,9 @@ def optional_caller(
     body: Annotated[bytes, Depends(_raw_body)],
     context: Annotated[ServerContext, Depends(get_context)],
 ) -> Caller:
-    """Anonymous if the request carries no signature; otherwise verified (registered or not).
-
-    Requests without a valid signature count against their address's rate limit, verified ones against
-    their client's (see :mod:`api_server.rate_limits`).
-    """
-    authenticator = context.authenticator
-    try:
-        caller = authenticator.authenticate(request.method, _request_target(request), body, request.headers)
-    except AuthenticationFailed:
-        authenticator.limiter.address_request(_address(request))
-        raise
-    if caller.client_id is None:
-        authenticator.limiter.address_request(_address(request))
-    return caller
-
-
-def _address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """Anonymous if the request carries no signature; otherwise verified (registered or not)."""
+    address = request.client.host if request.client else "unknown"
+    return context.authenticator.authenticate(request.method, _request_target(request), body, request.headers, address)
 
 
 def registered_caller(

@@ -18,6 +18,7 @@ router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 _PROJECT = Field(None, description="default: the caller's default project (required for anonymous callers)")
 _WAIT = Field(0, ge=0, le=MAX_WAIT_SEC * 1000, description="long-poll: wait this long (ms) for a change")
 _HEX32 = r"^[0-9a-f]{32}$"
+_HEX40 = r"^[0-9a-f]{40}$"
 
 
 class TaskStatus(BaseModel):
@@ -86,8 +87,8 @@ class ClaimResponse(BaseModel):
 
 
 class Claim(BaseModel):
-    task_id: str = Field(pattern=r"^[0-9a-f]{40}$")
-    claim_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    task_id: str = Field(pattern=_HEX40)
+    claim_id: str = Field(pattern=_HEX32)
     progress: str | None = Field(None, description="a new progress message, if any")
 
 

@@ -238,11 +238,18 @@ def atomic_write(
 _swept: set[Path] = set()
 
 
-def sweep_once(directory: Path) -> None:
-    """Remove the leftovers of dead writers in ``directory``, the first time this process writes there."""
-    if directory not in _swept:
-        remove_stale_temp_files(directory)
-        _swept.add(directory)
+def sweep_once(directory: Path, *, with_subdirectories: bool = False) -> None:
+    """Remove the leftovers of dead writers in ``directory`` (and its direct subdirectories), the first time
+    this process writes there."""
+    if directory in _swept:
+        return
+    remove_stale_temp_files(directory)
+    if with_subdirectories:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                if entry.is_dir(follow_symlinks=False) and not _TEMP_NAME.match(entry.name):
+                    sweep_once(Path(entry.path))
+    _swept.add(directory)
 
 
 def remove_stale_temp_files(directory: Path) -> None:

@@ -8,7 +8,6 @@ JSON files written atomically; a missing or unreadable entry just means hashing 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -64,7 +63,9 @@ class HashMemo:
             return
         record = {"sha1": sha1, "fingerprint": asdict(fingerprint), "path": str(path)}
         # Not fsynced: an entry lost or torn by a power failure is unreadable JSON, which means "hash again".
-        self._sweep_all_once()
+        # Entries are spread over 256 directories, one of which may not be written again for a long time:
+        # the next process to write any entry removes a killed writer's leftover in all of them.
+        sweep_once(self.directory, with_subdirectories=True)
         with atomic_write(self._entry_path(fingerprint), self.perms, durable=False) as f:
             f.write(json.dumps(record).encode("utf-8"))
 
@@ -82,14 +83,6 @@ class HashMemo:
             raise LocalFileError(f"{path} changed while it was being read; try again once it is complete")
         self.put(before, sha1, path)
         return sha1
-
-    def _sweep_all_once(self) -> None:
-        # Entries are spread over 256 directories, and one may not be written again for a long time: a
-        # killed writer's leftover anywhere is removed by the next process that writes any entry.
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(self.directory):
-                if entry.is_dir(follow_symlinks=False):
-                    sweep_once(Path(entry.path))
 
     def _entry_path(self, fp: FileFingerprint) -> Path:
         key = hashlib.sha1(f"{fp.dev}:{fp.ino}:{fp.size}:{fp.mtime_ns}".encode()).hexdigest()
