@@ -84,3 +84,59 @@ def new_identity() -> ClientIdentity:
 
     key = generate_private_key()
     return ClientIdentity(client_id=client_id_of(key), private_key=key)
+
+
+def signed_headers(
+    identity: ClientIdentity, http_method: str, http_target: str, body: bytes = b"", **overrides: object
+) -> dict[str, str]:
+    """The four X-Kachery-* headers of a request, signed by hand; ``overrides`` replace parts of the signed
+    message (method, target, body_sha256, timestamp_ms, nonce, client_id) to forge it."""
+    import secrets
+    import time
+
+    from kachery_cloud.request_signing import (
+        HEADER_CLIENT_ID,
+        HEADER_NONCE,
+        HEADER_SIGNATURE,
+        HEADER_TIMESTAMP,
+        body_digest,
+        signing_message,
+    )
+
+    parts: dict = {
+        "method": http_method,
+        "target": http_target,
+        "body_sha256": body_digest(body),
+        "timestamp_ms": int(time.time() * 1000),
+        "nonce": secrets.token_hex(16),
+        "client_id": identity.client_id,
+    }
+    parts.update(overrides)
+    return {
+        HEADER_CLIENT_ID: str(parts["client_id"]),
+        HEADER_TIMESTAMP: str(parts["timestamp_ms"]),
+        HEADER_NONCE: str(parts["nonce"]),
+        HEADER_SIGNATURE: identity.sign(signing_message(**parts)),
+    }
+
+
+def copy_identity(source: Path, dest: Path) -> None:
+    """Give the client directory ``dest`` the key pair of ``source``: the same client, with an empty cache."""
+    from kachery_cloud.identity import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (PRIVATE_KEY_FILE, PUBLIC_KEY_FILE):
+        (dest / name).write_bytes((source / name).read_bytes())
+
+
+def count_unloadable(uris: list[str]) -> int:
+    """How many of ``uris`` do not load (in this process's client directory) with the content they name."""
+    import kachery_cloud as kcl
+    from kachery_cloud.hashing import sha1_of_file
+    from kachery_cloud.uri import parse_uri
+
+    bad = 0
+    for uri in uris:
+        path = kcl.load_file(uri)  # None if the server no longer has it
+        bad += path is None or sha1_of_file(Path(path)) != parse_uri(uri).sha1
+    return bad

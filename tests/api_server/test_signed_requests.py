@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import time
 
 import pytest
@@ -15,35 +14,12 @@ from kachery_cloud.request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
     HEADER_SIGNATURE,
-    HEADER_TIMESTAMP,
     body_digest,
-    signing_message,
 )
 
 from ..helpers import new_identity
+from ..helpers import signed_headers as signed
 from ..servers import RunningServer
-
-
-def signed(
-    identity: ClientIdentity, http_method: str, http_target: str, body: bytes = b"", **overrides: object
-) -> dict:
-    """Headers for a request, with any part of the signed message overridden to forge it."""
-    parts = {
-        "method": http_method,
-        "target": http_target,
-        "body_sha256": body_digest(body),
-        "timestamp_ms": int(time.time() * 1000),
-        "nonce": secrets.token_hex(16),
-        "client_id": identity.client_id,
-    }
-    parts.update(overrides)
-    message = signing_message(**parts)  # type: ignore[arg-type]
-    return {
-        HEADER_CLIENT_ID: str(parts["client_id"]),
-        HEADER_TIMESTAMP: str(parts["timestamp_ms"]),
-        HEADER_NONCE: str(parts["nonce"]),
-        HEADER_SIGNATURE: identity.sign(message),
-    }
 
 
 @pytest.fixture

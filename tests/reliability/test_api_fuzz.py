@@ -52,10 +52,9 @@ from kachery_cloud.request_signing import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     body_digest,
-    signing_message,
 )
 
-from ..helpers import new_identity
+from ..helpers import new_identity, signed_headers
 from ..servers import PostgresDatabases, RunningServer, start_server
 from .conftest import Figure, Figures
 
@@ -130,33 +129,21 @@ class SignAtSend(requests.auth.AuthBase):
 def _signed_headers(
     identity: ClientIdentity, r: requests.PreparedRequest, *, skew_ms: int = 0, tamper: str = ""
 ) -> dict[str, str]:
+    """Headers for ``r``; with ``tamper``, the signature covers that part changed while the request carries the
+    true one (a signature over something else)."""
     body = r.body if isinstance(r.body, bytes) else b""
-    parts: dict[str, Any] = {
-        "method": str(r.method),
-        "target": r.path_url,
-        "body_sha256": body_digest(body),
-        "timestamp_ms": int(time.time() * 1000) + skew_ms,
-        "nonce": secrets.token_hex(16),
-        "client_id": identity.client_id,
-    }
-    sent = dict(parts)
-    if tamper == "method":
-        parts["method"] = "PUT" if parts["method"] != "PUT" else "PATCH"
-    elif tamper == "target":
-        parts["target"] += "x"
-    elif tamper == "body":
-        parts["body_sha256"] = body_digest(body + b" ")
-    elif tamper == "timestamp":
-        parts["timestamp_ms"] += 1
-    elif tamper == "nonce":
-        parts["nonce"] = secrets.token_hex(16)
-    signature = identity.sign(signing_message(**parts))
-    return {
-        HEADER_CLIENT_ID: sent["client_id"],
-        HEADER_TIMESTAMP: str(sent["timestamp_ms"]),
-        HEADER_NONCE: sent["nonce"],
-        HEADER_SIGNATURE: signature,
-    }
+    timestamp_ms, nonce = int(time.time() * 1000) + skew_ms, secrets.token_hex(16)
+    forged: dict[str, Any] = {
+        "method": {"method": "PUT" if r.method != "PUT" else "PATCH"},
+        "target": {"target": r.path_url + "x"},
+        "body": {"body_sha256": body_digest(body + b" ")},
+        "timestamp": {"timestamp_ms": timestamp_ms + 1},
+        "nonce": {"nonce": secrets.token_hex(16)},
+    }.get(tamper, {})
+    headers = signed_headers(
+        identity, str(r.method), r.path_url, body, **{"timestamp_ms": timestamp_ms, "nonce": nonce, **forged}
+    )
+    return {**headers, HEADER_TIMESTAMP: str(timestamp_ms), HEADER_NONCE: nonce}
 
 
 @dataclass

@@ -43,10 +43,9 @@ from kachery_cloud.request_signing import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     body_digest,
-    signing_message,
 )
 
-from ..helpers import new_identity
+from ..helpers import new_identity, signed_headers
 from ..servers import RunningServer
 from .conftest import Figure, Figures
 
@@ -307,25 +306,6 @@ class Observed:
 
 
 # ------------------------------------------------------------------------------------------------ raw requests
-
-
-def signed_headers(identity: ClientIdentity, method: str, target: str, body: bytes, **overrides: Any) -> dict[str, str]:
-    """The four X-Kachery-* headers of a request; ``overrides`` change parts of the signed message to forge it."""
-    parts: dict[str, Any] = {
-        "method": method,
-        "target": target,
-        "body_sha256": body_digest(body),
-        "timestamp_ms": int(time.time() * 1000),
-        "nonce": secrets.token_hex(16),
-        "client_id": identity.client_id,
-    }
-    parts.update(overrides)
-    return {
-        HEADER_CLIENT_ID: str(parts["client_id"]),
-        HEADER_TIMESTAMP: str(parts["timestamp_ms"]),
-        HEADER_NONCE: str(parts["nonce"]),
-        HEADER_SIGNATURE: identity.sign(signing_message(**parts)),
-    }
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import kachery_cloud as kcl
 from kachery_cloud.hashing import sha1_of_file
 
 from ..conftest import CLOUD_TEST_SETTINGS, point_client_at
+from ..helpers import copy_identity, count_unloadable, switch_client
 from ..servers import RunningServer, start_server
 from .conftest import Figure, Figures
 
@@ -44,11 +44,6 @@ else:
         kcl.load_file(uri)
 print("done", flush=True)
 """
-
-
-RELOAD = (
-    "import json, sys, kachery_cloud as kcl; print(json.dumps([kcl.load_file(u) for u in json.loads(sys.argv[1])]))"
-)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +86,7 @@ def test_clients_killed_at_random_moments_leave_a_sound_cache(
     to_store: list[Path] = []
     mid_operation = {"store": 0, "load": 0}
     finished_first = 0
-    debris = 0
+    debris = wrong_hash = 0
     for i in range(kills):
         mode = "store" if i % 2 == 0 else "load"
         if mode == "store":
@@ -119,8 +114,7 @@ def test_clients_killed_at_random_moments_leave_a_sound_cache(
             assert child.returncode == -signal.SIGKILL, err
         debris += len(temp_files(kachery_dir))  # left by this kill (earlier ones were swept by this child)
         # After every kill: nothing in the cache under a name that is not its hash.
-        for blob in cache_blobs(kachery_dir):
-            assert sha1_of_file(blob) == blob.name, f"kill {i}: {blob} does not have its hash"
+        wrong_hash += sum(sha1_of_file(blob) != blob.name for blob in cache_blobs(kachery_dir))
 
     # The next run: stores everything the killed clients were storing, loads everything they were loading,
     # and removes what they left behind.
@@ -141,37 +135,27 @@ def test_clients_killed_at_random_moments_leave_a_sound_cache(
     )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    for path, uri in zip(to_store, answer["uris"], strict=True):
-        assert uri.startswith(f"sha1://{sha1_of_file(path)}")
-    for loaded, uri in zip(answer["loaded"], sorted(pool) + answer["uris"], strict=True):
-        assert sha1_of_file(Path(loaded)) == blob_path(uri).name
+    wrong_uris = sum(
+        not uri.startswith(f"sha1://{sha1_of_file(path)}") for path, uri in zip(to_store, answer["uris"], strict=True)
+    )
+    unloaded = sum(
+        loaded is None or sha1_of_file(Path(loaded)) != blob_path(uri).name
+        for loaded, uri in zip(answer["loaded"], sorted(pool) + answer["uris"], strict=True)
+    )
     left = temp_files(kachery_dir)
-    assert left == [], f"temp files the next run did not remove: {left}"
-    for blob in cache_blobs(kachery_dir):
-        assert sha1_of_file(blob) == blob.name
+    wrong_hash += sum(sha1_of_file(blob) != blob.name for blob in cache_blobs(kachery_dir))
 
     # And into an empty cache with the same identity, every stored blob comes back from the server intact.
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    for name in ("private.pem", "public.pem"):  # the identity; the server's address is in the environment
-        shutil.copy2(kachery_dir / name, fresh / name)
-    reload = subprocess.run(
-        [sys.executable, "-c", RELOAD, json.dumps(answer["uris"])],
-        env={**os.environ, "KACHERY_CLOUD_DIR": str(fresh)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert reload.returncode == 0, reload.stderr
-    for loaded, uri in zip(json.loads(reload.stdout), answer["uris"], strict=True):
-        assert sha1_of_file(Path(loaded)) == blob_path(uri).name
+    copy_identity(kachery_dir, tmp_path / "fresh")
+    switch_client(monkeypatch, tmp_path / "fresh", register=False)
+    lost = count_unloadable(answer["uris"])
     figures.record(
         Figure(
             item="1 client kill -9 during store and load",
             runs=kills,
             faults=sum(mid_operation.values()),
-            errors=0,
-            data_lost=0,
+            errors=wrong_uris + unloaded + len(left),
+            data_lost=wrong_hash + lost,
             seconds=time.monotonic() - started,
             details={
                 "killed_mid_store": mid_operation["store"],
@@ -183,6 +167,8 @@ def test_clients_killed_at_random_moments_leave_a_sound_cache(
             },
         )
     )
+    assert left == [], f"temp files the next run did not remove: {left}"
+    assert (wrong_hash, wrong_uris, unloaded, lost) == (0, 0, 0, 0)
 
 
 def blob_path(uri: str) -> Path:

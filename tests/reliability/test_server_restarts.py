@@ -12,7 +12,6 @@ import collections
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +22,10 @@ from pathlib import Path
 import pytest
 
 import kachery_cloud as kcl
-from kachery_cloud.hashing import sha1_of_file
 
 from ..conftest import CLOUD_TEST_SETTINGS, point_client_at
-from ..servers import RunningServer, free_port, start_server
+from ..helpers import copy_identity, count_unloadable, switch_client
+from ..servers import RunningServer, start_server
 from .conftest import Figure, Figures
 
 KIB, MIB = 1 << 10, 1 << 20
@@ -65,7 +64,7 @@ CLEAR = ("cannot reach the kachery-cloud API server", "did not answer", "the obj
 @pytest.fixture
 def restartable(tmp_path: Path) -> Iterator[list[RunningServer]]:
     """[the running server], replaced in place on each restart."""
-    holder = [start_server(tmp_path / "server", settings=dict(CLOUD_TEST_SETTINGS), port=free_port())]
+    holder = [start_server(tmp_path / "server", settings=dict(CLOUD_TEST_SETTINGS))]
     yield holder
     holder[0].stop()
 
@@ -131,49 +130,31 @@ def test_api_server_killed_and_restarted_during_uploads_appends_and_tasks(
 
     failures = [o for kind in outcomes for o in outcomes[kind] if not o["ok"]]
     unclear = [o for o in failures if not any(phrase in o["error"] for phrase in CLEAR)]
-    assert unclear == [], f"failures without a clear message: {unclear[:5]}"
     acked = {kind: [o for o in outcomes[kind] if o["ok"]] for kind in outcomes}
-    assert all(acked.values()), f"some kind of work never got through: { {k: len(v) for k, v in acked.items()} }"
 
     # Uploads: every URI a store returned loads, intact, into an empty cache.
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    for name in ("private.pem", "public.pem"):
-        shutil.copy2(kachery_dir / name, fresh / name)
-    monkeypatch.setenv("KACHERY_CLOUD_DIR", str(fresh))
-    from kachery_cloud._connection import forget_clients
-
-    forget_clients()
-    lost = 0
-    for outcome in acked["store"]:
-        try:
-            lost += sha1_of_file(Path(kcl.load_file(outcome["uri"]))) != outcome["uri"][7:47]
-        except kcl.NotFoundError:
-            lost += 1
+    copy_identity(kachery_dir, tmp_path / "fresh")
+    switch_client(monkeypatch, tmp_path / "fresh", register=False)
+    lost = count_unloadable([o["uri"] for o in acked["store"]])
 
     # Feed: numbered 0..n-1, every acknowledged append there once, at the number it was acknowledged with.
     messages = kcl.load_feed(feed.uri).get_messages()
-    by_i = collections.Counter(m["i"] for m in messages)
-    assert all(count == 1 for count in by_i.values()), "a message was appended twice"
-    for outcome in acked["append"]:
-        if messages[outcome["number"]]["i"] != outcome["i"]:
-            lost += 1
+    appended_twice = sum(count > 1 for count in collections.Counter(m["i"] for m in messages).values())
+    lost += sum(o["number"] >= len(messages) or messages[o["number"]]["i"] != o["i"] for o in acked["append"])
 
-    # Tasks: each acknowledged action returned its input and ran exactly once.
+    # Tasks: each acknowledged action returned its input, and no action ran twice (the run log).
     runs = collections.Counter(
         json.loads(line.split(" ", 1)[1])["i"] for line in run_log.read_text().splitlines() if line
     )
-    for outcome in acked["task"]:
-        assert outcome["result"] == {"writer": 3, "i": outcome["i"]}
-        assert runs[outcome["i"]] == 1, f"action {outcome['i']} ran {runs[outcome['i']]} times"
-    assert max(runs.values()) == 1, "an action ran twice"
-    assert lost == 0
+    wrong_results = sum(o["result"] != {"writer": 3, "i": o["i"]} for o in acked["task"])
+    lost += sum(runs[o["i"]] == 0 for o in acked["task"])
+    ran_twice = sum(count > 1 for count in runs.values())
     figures.record(
         Figure(
             item="3 API server kill -9 and restart during uploads, appends and tasks",
             runs=sum(len(v) for v in outcomes.values()),
             faults=restarts,
-            errors=len(unclear),
+            errors=len(unclear) + appended_twice + wrong_results + ran_twice,
             data_lost=lost,
             seconds=time.monotonic() - started,
             details={
@@ -184,3 +165,6 @@ def test_api_server_killed_and_restarted_during_uploads_appends_and_tasks(
             },
         )
     )
+    assert unclear == [], f"failures without a clear message: {unclear[:5]}"
+    assert all(acked.values()), f"some kind of work never got through: { {k: len(v) for k, v in acked.items()} }"
+    assert (lost, appended_twice, wrong_results, ran_twice) == (0, 0, 0, 0)
