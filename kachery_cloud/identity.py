@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .config import ENV_CLIENT_ID, ENV_PRIVATE_KEY, ClientConfig
 from .errors import ConfigError, LocalFileError
 from .keys import client_id_of, generate_private_key, parse_private_key
-from .local.fs import Permissions, atomic_write, temp_path_in
+from .local.fs import Permissions, atomic_write, create_locked_temp
 from .request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
@@ -131,8 +131,8 @@ def _create_key_files(config: ClientConfig) -> Ed25519PrivateKey:
     target = config.dir / PRIVATE_KEY_FILE
     # Written under a temp name, then hard-linked into place: link fails if another process got there
     # first, and then its key wins, so concurrent first uses agree on one identity.
-    temp = temp_path_in(config.dir, PRIVATE_KEY_FILE)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    # Locked until linked, so that another process's sweep of leftovers in this directory leaves it alone.
+    temp, fd = create_locked_temp(config.dir, PRIVATE_KEY_FILE, 0o600)
     try:
         os.fchmod(fd, 0o640 if config.multiuser else 0o600)
         if config.multiuser:
@@ -140,8 +140,6 @@ def _create_key_files(config: ClientConfig) -> Ed25519PrivateKey:
                 os.fchown(fd, -1, config.dir.stat().st_gid)
         os.write(fd, private_pem)
         os.fsync(fd)
-        os.close(fd)
-        fd = -1
         try:
             os.link(temp, target)
         except FileExistsError:
@@ -150,10 +148,9 @@ def _create_key_files(config: ClientConfig) -> Ed25519PrivateKey:
                 raise
             key = existing
     finally:
-        if fd >= 0:
-            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+        os.close(fd)  # releases the lock, after the link
     public_pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     public_path = config.dir / PUBLIC_KEY_FILE
     if not public_path.exists():

@@ -96,9 +96,10 @@ def short_stem(name: str) -> str:
     return name.encode("utf-8")[:100].decode("utf-8", "ignore")
 
 
-def _create_locked(directory: Path, stem: str, mode: int) -> tuple[Path, int]:
-    """A new temp file, created and then locked. Between the two a sweeper may see it unlocked and delete
-    it: then the name no longer leads to our file, and we start again under a new name."""
+def create_locked_temp(directory: Path, stem: str, mode: int) -> tuple[Path, int]:
+    """A new temp file (path, fd), created and then locked; the lock lasts until the fd is closed, which must
+    come after the file is renamed or linked into place. Between creating and locking, a sweeper may see it
+    unlocked and delete it: then the name no longer leads to our file, and we start again under a new name."""
     while True:
         path = temp_path_in(directory, stem)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
@@ -133,7 +134,7 @@ class TempFile:
 
     def __init__(self, directory: Path, perms: Permissions, *, stem: str, read_only: bool = False) -> None:
         perms.make_dirs(directory)
-        self.path, self._fd = _create_locked(directory, stem, 0o444 if read_only else 0o666)
+        self.path, self._fd = create_locked_temp(directory, stem, 0o444 if read_only else 0o666)
         self._done = False
         try:
             perms.finish_new_file(self._fd, directory)
