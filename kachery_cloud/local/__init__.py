@@ -10,7 +10,9 @@
     ├── mutables/@folder/.../<name>  local mutable values
     └── tmp/locks/<sha1>.lock        locks that keep two processes from writing one large blob twice
 
-Temp files are ``.<name>.<random>.part`` beside their final path. Nothing here needs a lock for
+Temp files are ``.<name>.<16 hex>.part``: those of blobs at the root of ``sha1/``, the others beside their
+final path. A writer holds a lock on its temp file until it is in place; each process removes the unlocked
+ones (of killed writers) from a directory the first time it writes there. Nothing here needs a lock for
 correctness; in multiuser mode everything is created group-shared (see :mod:`.fs`).
 """
 
