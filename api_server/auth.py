@@ -1,4 +1,4 @@
-"""Server layer 4: who is calling. Verifies signed requests (see kachery_cloud.request_signing) with a
+"""Server layer 4: who is calling. Verifies signed requests (see kachery_cloud.protocol.request_signing) with a
 timestamp window and nonces kept in the database, so that replicas sharing one database agree on replays.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
-from kachery_cloud.request_signing import (
+from kachery_cloud.protocol.request_signing import (
     CLIENT_ID_RE,
     HEADER_CLIENT_ID,
     HEADER_NONCE,

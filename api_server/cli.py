@@ -366,7 +366,7 @@ def register_client(
 ) -> None:
     """Register a client for a user (CI machines). Without CLIENT_ID, make a new key pair and print the
     KACHERY_CLOUD_CLIENT_ID and KACHERY_CLOUD_PRIVATE_KEY to give the machine (as secrets)."""
-    from kachery_cloud.keys import client_id_of, generate_private_key, private_key_hex
+    from kachery_cloud.protocol.keys import client_id_of, generate_private_key, private_key_hex
 
     from .services import identity
 

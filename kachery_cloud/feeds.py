@@ -18,8 +18,8 @@ from typing import Any
 from ._connection import api_client, require_writable
 from .config import ClientConfig, load_config
 from .errors import IntegrityError, InvalidArgumentError, ServerUnreachableError
-from .feed_format import MAX_WAIT_SEC, check_append_size, feed_uri, message_body, parse_feed_ref, signed_bytes
-from .request_signing import verify_signature
+from .protocol.feed_format import MAX_WAIT_SEC, check_append_size, feed_uri, message_body, parse_feed_ref, signed_bytes
+from .protocol.request_signing import verify_signature
 
 _PAGE = 1000  # messages per read request (the server's limit)
 _READ_TIMEOUT_MARGIN_SEC = 30.0  # on top of the long-poll's own wait

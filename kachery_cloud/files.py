@@ -20,7 +20,7 @@ from .local import LocalDirectory
 from .local.blobs import copy_file_into
 from .local.fs import Permissions, atomic_write
 from .local.hash_memo import FileFingerprint
-from .uri import check_label, format_uri, parse_uri
+from .protocol.uri import check_label, format_uri, parse_uri
 
 StrPath = str | os.PathLike[str]
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from .config import ENV_CLIENT_ID, ENV_PRIVATE_KEY, ClientConfig
 from .errors import ConfigError, LocalFileError
-from .keys import client_id_of, generate_private_key, parse_private_key
 from .local.fs import Permissions, atomic_write, create_locked_temp
-from .request_signing import (
+from .protocol.keys import client_id_of, generate_private_key, parse_private_key
+from .protocol.request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
     HEADER_SIGNATURE,
@@ -47,7 +47,7 @@ class ClientIdentity:
         return self.private_key.sign(message).hex()
 
     def signed_headers(self, method: str, target: str, body: bytes) -> dict[str, str]:
-        """The four headers that authenticate one request (see :mod:`kachery_cloud.request_signing`)."""
+        """The four headers that authenticate one request (see :mod:`kachery_cloud.protocol.request_signing`)."""
         timestamp_ms = int(time.time() * 1000)
         nonce = secrets.token_hex(16)
         message = signing_message(

@@ -17,7 +17,7 @@ from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from .config import ClientConfig, load_config
 from .errors import InvalidArgumentError
-from .mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
+from .protocol.mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from ._os_errors import explain_permission_errors
 from .config import ClientConfig, load_config
 from .errors import SerializationError
 from .files import load_file
-from .hashing import sha1_of_bytes
-from .serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
+from .protocol.hashing import sha1_of_bytes
+from .protocol.serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
+from .protocol.uri import check_label, format_uri, parse_uri
 from .storing import upload_cached_blob
-from .uri import check_label, format_uri, parse_uri
 
 
 @explain_permission_errors

@@ -20,7 +20,7 @@ from .api import blobs as blobs_api
 from .config import ClientConfig, load_config
 from .errors import IntegrityError, InvalidArgumentError, QuotaExceededError, ServerError
 from .files import StrPath, copy_into_store, hash_with_memo, regular_file
-from .uri import check_label, format_uri
+from .protocol.uri import check_label, format_uri
 
 if TYPE_CHECKING:  # requests loads on first use
     from .api.client import ApiClient

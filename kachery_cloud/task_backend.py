@@ -29,9 +29,8 @@ from ._connection import api_client, require_writable
 from ._context import local_directory
 from .config import ClientConfig, load_config
 from .errors import InvalidArgumentError, KacheryCloudError, ServerError, is_passing_failure
-from .hashing import sha1_of_bytes
-from .storing import upload_cached_blob
-from .task_format import (
+from .protocol.hashing import sha1_of_bytes
+from .protocol.task_format import (
     MAX_ERROR_CHARS,
     MAX_INLINE_RESULT_BYTES,
     MAX_PROGRESS_CHARS,
@@ -41,6 +40,7 @@ from .task_format import (
     validate_task_name,
     validate_task_type,
 )
+from .storing import upload_cached_blob
 
 log = logging.getLogger("kachery_cloud.tasks")
 

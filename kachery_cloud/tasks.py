@@ -28,7 +28,7 @@ from .errors import (
     is_passing_failure,
 )
 from .fetching import fetch_blob
-from .task_format import (
+from .protocol.task_format import (
     FINAL_STATES,
     MAX_WAIT_SEC,
     decode_result,
@@ -37,7 +37,7 @@ from .task_format import (
     validate_task_name,
     validate_task_type,
 )
-from .uri import format_uri
+from .protocol.uri import format_uri
 
 _READ_TIMEOUT_MARGIN_SEC = 30.0  # on top of a long-poll's own wait
 _UNREACHABLE_PAUSE_SEC = 2.0  # between attempts to reach a restarting server while waiting

@@ -80,7 +80,7 @@ def run_cli(*args: str, stdin: str | None = None, timeout: float = 60) -> subpro
 def new_identity() -> ClientIdentity:
     """A fresh client key pair that no server knows."""
     from kachery_cloud.identity import ClientIdentity
-    from kachery_cloud.keys import client_id_of, generate_private_key
+    from kachery_cloud.protocol.keys import client_id_of, generate_private_key
 
     key = generate_private_key()
     return ClientIdentity(client_id=client_id_of(key), private_key=key)
@@ -94,7 +94,7 @@ def signed_headers(
     import secrets
     import time
 
-    from kachery_cloud.request_signing import (
+    from kachery_cloud.protocol.request_signing import (
         HEADER_CLIENT_ID,
         HEADER_NONCE,
         HEADER_SIGNATURE,
@@ -132,8 +132,8 @@ def copy_identity(source: Path, dest: Path) -> None:
 def count_unloadable(uris: list[str]) -> int:
     """How many of ``uris`` do not load (in this process's client directory) with the content they name."""
     import kachery_cloud as kcl
-    from kachery_cloud.hashing import sha1_of_file
-    from kachery_cloud.uri import parse_uri
+    from kachery_cloud.protocol.hashing import sha1_of_file
+    from kachery_cloud.protocol.uri import parse_uri
 
     bad = 0
     for uri in uris:

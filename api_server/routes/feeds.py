@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from kachery_cloud.feed_format import MAX_MESSAGES_PER_APPEND, MAX_WAIT_SEC
+from kachery_cloud.protocol.feed_format import MAX_MESSAGES_PER_APPEND, MAX_WAIT_SEC
 
 from ..services.feeds import MAX_READ_MESSAGES
 from .deps import ContextDep, OptionalCaller, RegisteredCaller

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from kachery_cloud.task_format import MAX_WAIT_SEC, TASK_STATES
+from kachery_cloud.protocol.task_format import MAX_WAIT_SEC, TASK_STATES
 
 from ..services.tasks import MAX_CLAIM, MAX_LIST
 from .deps import ContextDep, OptionalCaller, RegisteredCaller

@@ -27,7 +27,7 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kachery_cloud.uri import is_sha1_hex
+from kachery_cloud.protocol.uri import is_sha1_hex
 
 from ..auth import Caller
 from ..db.models import Blob, Membership, Project, Upload, now_ms

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from kachery_cloud.errors import KacheryCloudError
-from kachery_cloud.feed_format import (
+from kachery_cloud.protocol.feed_format import (
     FEED_ID_RE,
     MAX_APPEND_BYTES,
     MAX_MESSAGE_BYTES,
@@ -34,8 +34,8 @@ from kachery_cloud.feed_format import (
     new_feed_id,
     signed_bytes,
 )
-from kachery_cloud.request_signing import verify_signature
-from kachery_cloud.serialization import canonical_json_bytes
+from kachery_cloud.protocol.request_signing import verify_signature
+from kachery_cloud.protocol.serialization import canonical_json_bytes
 
 from ..auth import Caller
 from ..db.models import Feed, FeedMessage, now_ms

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from kachery_cloud.request_signing import CLIENT_ID_RE
+from kachery_cloud.protocol.request_signing import CLIENT_ID_RE
 
 from ..db.models import Client, Registration, User, now_ms
 from ..errors import Conflict, Gone, InvalidRequest, NotFound

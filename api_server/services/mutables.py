@@ -10,7 +10,7 @@
   listings are in the same order everywhere and a folder is one index range.
 - Usage is counted at the end of each transaction, after the row lock: the per-project counter row is then
   held only briefly, not while waiting for a mutable's lock.
-- Keys follow the client's key grammar (``kachery_cloud.mutable_key``); values are at most 1 MiB of UTF-8.
+- Keys follow the client's key grammar (``kachery_cloud.protocol.mutable_key``); values are at most 1 MiB of UTF-8.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kachery_cloud.errors import InvalidArgumentError
-from kachery_cloud.mutable_key import (
+from kachery_cloud.protocol.mutable_key import (
     MutableValueTooLargeError,
     encode_mutable_value,
     validate_folder_key,

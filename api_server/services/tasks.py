@@ -2,7 +2,7 @@
 
 The rules (every one decided by database transactions, so they hold across server replicas):
 
-- A calculation's id is its job id (:func:`kachery_cloud.task_format.job_id`): asking again for a finished one
+- A calculation's id is its job id (:func:`kachery_cloud.protocol.task_format.job_id`): asking again for a finished one
   answers its result at once; asking while it is pending or running joins it (ten requests, one run); asking
   after it failed or was cancelled runs it again. An action's id is random, chosen by its requester.
 - A worker claims pending tasks of the names it handles. A claim is a random ``claim_id`` and a lease of
@@ -11,7 +11,7 @@ The rules (every one decided by database transactions, so they hold across serve
   (or the requester's wait) has noticed, and its late result is refused.
 - A task whose lease ran out goes back to pending, or to error once its worker was lost ``max_attempts``
   times. A task function that raises ends the task in error at once: the requester gets the message.
-- Results are blobs of the task's project (JSON, see :mod:`kachery_cloud.task_format`), recorded by SHA-1. A
+- Results are blobs of the task's project (JSON, see :mod:`kachery_cloud.protocol.task_format`), recorded by SHA-1. A
   small result comes inside the completion, and this server stores it as a blob and keeps a copy on the task's
   row, which requesters get in their answer. A large one the worker uploads first, and completion is refused
   unless the project holds it.
@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from kachery_cloud.errors import KacheryCloudError
-from kachery_cloud.task_format import (
+from kachery_cloud.protocol.task_format import (
     FINAL_STATES,
     MAX_ERROR_CHARS,
     MAX_INLINE_RESULT_BYTES,

@@ -11,7 +11,7 @@ import click
 
 from .. import feeds
 from ..errors import InvalidArgumentError, ServerUnreachableError
-from ..feed_format import MAX_MESSAGES_PER_APPEND
+from ..protocol.feed_format import MAX_MESSAGES_PER_APPEND
 from ._errors import handle_errors
 
 _FOLLOW_POLL_SEC = 30

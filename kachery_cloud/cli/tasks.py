@@ -8,7 +8,7 @@ import time
 
 import click
 
-from ..task_format import TASK_STATES
+from ..protocol.task_format import TASK_STATES
 from ..tasks import TaskClient, TaskStatus
 from ._errors import handle_errors
 

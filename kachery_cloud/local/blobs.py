@@ -25,7 +25,7 @@ from typing import BinaryIO
 from filelock import FileLock, Timeout
 
 from ..errors import IntegrityError
-from ..hashing import HashingWriter, ProgressCallback
+from ..protocol.hashing import HashingWriter, ProgressCallback
 from .fs import Permissions, TempFile, sweep_once
 
 # Below this size writing twice costs less than taking a lock.

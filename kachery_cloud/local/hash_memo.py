@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import LocalFileError
-from ..hashing import ProgressCallback, sha1_of_file
+from ..protocol.hashing import ProgressCallback, sha1_of_file
 from .fs import Permissions, atomic_write, sweep_once
 
 # Hashing a file smaller than this is cheaper than reading and writing a memo entry for it.

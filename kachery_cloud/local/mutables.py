@@ -12,7 +12,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from ..mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
+from ..protocol.mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
 from .fs import TEMP_SUFFIX, Permissions, atomic_write, short_stem
 
 

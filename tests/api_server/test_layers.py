@@ -7,10 +7,11 @@ from pathlib import Path
 
 import api_server
 
-PURE_CLIENT_MODULES = {"kachery_cloud.request_signing", "kachery_cloud.keys", "kachery_cloud.hashing",
-                       "kachery_cloud.uri", "kachery_cloud.serialization", "kachery_cloud.errors",
-                       "kachery_cloud.mutable_key", "kachery_cloud.feed_format",
-                       "kachery_cloud.task_format"}  # fmt: skip
+PURE_CLIENT_MODULES = {"kachery_cloud.errors"} | {
+    f"kachery_cloud.protocol.{name}"
+    for name in ("request_signing", "keys", "hashing", "uri", "serialization", "mutable_key", "feed_format",
+                 "task_format")
+}  # fmt: skip
 
 
 def test_the_server_imports_only_pure_client_modules() -> None:
@@ -23,3 +24,17 @@ def test_the_server_imports_only_pure_client_modules() -> None:
                 seen.update(a.name for a in node.names if a.name.startswith("kachery_cloud"))
     assert seen, "the server uses the shared signing scheme"
     assert seen <= PURE_CLIENT_MODULES, seen - PURE_CLIENT_MODULES
+
+
+def test_the_shared_modules_live_in_the_protocol_package() -> None:
+    """The boundary shows in the folders: every client module the server imports (errors aside) is in
+    kachery_cloud/protocol/, and that package imports nothing from the rest of the client but its errors."""
+    import kachery_cloud.protocol
+
+    folder = Path(kachery_cloud.protocol.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert node.module == "errors", f"{path.name} imports ..{node.module}"
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kachery_cloud"):
+                raise AssertionError(f"{path.name} imports {node.module}")

@@ -10,7 +10,7 @@ import requests
 
 import kachery_cloud as kcl
 from kachery_cloud.identity import ClientIdentity
-from kachery_cloud.request_signing import (
+from kachery_cloud.protocol.request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
     HEADER_SIGNATURE,

@@ -16,7 +16,7 @@ import pytest
 
 import kachery_cloud as kcl
 from kachery_cloud._connection import api_client
-from kachery_cloud.feed_format import MAX_MESSAGE_BYTES, MAX_MESSAGES_PER_APPEND, signed_bytes
+from kachery_cloud.protocol.feed_format import MAX_MESSAGE_BYTES, MAX_MESSAGES_PER_APPEND, signed_bytes
 
 from ..helpers import BIN, act_as, run_cli, switch_client
 from ..servers import PostgresDatabases, RunningServer, start_server

@@ -12,7 +12,7 @@ import pytest
 
 import kachery_cloud as kcl
 from kachery_cloud._connection import api_client
-from kachery_cloud.mutable_key import MAX_VALUE_BYTES
+from kachery_cloud.protocol.mutable_key import MAX_VALUE_BYTES
 
 from ..helpers import act_as, switch_client
 from ..helpers import run_cli as run

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import kachery_cloud as kcl
-from kachery_cloud.task_format import job_id
+from kachery_cloud.protocol.task_format import job_id
 
 from ..helpers import act_as, run_cli, switch_client
 from ..servers import PostgresDatabases, RunningServer, start_server

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kachery_cloud.hashing import sha1_of_file
+from kachery_cloud.protocol.hashing import sha1_of_file
 
 WORKERS = 8
 ROUNDS = 6

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from kachery_cloud._context import local_directory
-from kachery_cloud.hashing import sha1_of_file
+from kachery_cloud.protocol.hashing import sha1_of_file
 
 from ..helpers import run_python
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kachery_cloud.hashing import sha1_of_file
+from kachery_cloud.protocol.hashing import sha1_of_file
 
 from .multiuser_runtime import LabUser, build_runtime, ensure_lab_users, is_root, run_as
 

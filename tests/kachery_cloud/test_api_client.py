@@ -14,7 +14,7 @@ import pytest
 
 import kachery_cloud as kcl
 from kachery_cloud.api.client import ApiClient
-from kachery_cloud.request_signing import HEADER_NONCE
+from kachery_cloud.protocol.request_signing import HEADER_NONCE
 
 from ..helpers import new_identity
 from ..servers import free_port

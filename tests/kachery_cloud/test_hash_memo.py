@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 import kachery_cloud as kcl
-from kachery_cloud.hashing import sha1_of_bytes
+from kachery_cloud.protocol.hashing import sha1_of_bytes
 
 from ..helpers import bytes_read_by_this_process
 

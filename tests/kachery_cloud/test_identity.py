@@ -10,8 +10,8 @@ import pytest
 import kachery_cloud as kcl
 from kachery_cloud.config import load_config
 from kachery_cloud.identity import load_identity
-from kachery_cloud.keys import client_id_of, generate_private_key, private_key_hex
-from kachery_cloud.request_signing import body_digest, signing_message, verify_signature
+from kachery_cloud.protocol.keys import client_id_of, generate_private_key, private_key_hex
+from kachery_cloud.protocol.request_signing import body_digest, signing_message, verify_signature
 
 from ..helpers import run_python
 

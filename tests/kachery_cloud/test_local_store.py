@@ -14,7 +14,7 @@ import pytest
 import kachery_cloud as kcl
 from kachery_cloud import IntegrityError, InvalidArgumentError, LocalFileError, NotConnectedError, NotFoundError
 from kachery_cloud._context import local_directory
-from kachery_cloud.hashing import sha1_of_bytes, sha1_of_file
+from kachery_cloud.protocol.hashing import sha1_of_bytes, sha1_of_file
 
 from ..helpers import blob_files, bytes_read_by_this_process
 from ..servers import free_port

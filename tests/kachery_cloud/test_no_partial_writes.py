@@ -8,7 +8,7 @@ import pytest
 import kachery_cloud as kcl
 from kachery_cloud import SerializationError
 from kachery_cloud._context import local_directory
-from kachery_cloud.hashing import sha1_of_bytes
+from kachery_cloud.protocol.hashing import sha1_of_bytes
 
 from ..helpers import blob_files
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from kachery_cloud import SerializationError, UnsafePickleError
-from kachery_cloud.hashing import sha1_of_bytes
-from kachery_cloud.serialization import canonical_json_bytes, read_pickle, write_npy, write_pickle
+from kachery_cloud.protocol.hashing import sha1_of_bytes
+from kachery_cloud.protocol.serialization import canonical_json_bytes, read_pickle, write_npy, write_pickle
 
 
 def pickle_bytes(value: object) -> bytes:

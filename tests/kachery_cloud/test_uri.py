@@ -1,7 +1,7 @@
 import pytest
 
 from kachery_cloud import InvalidURIError
-from kachery_cloud.uri import format_uri, parse_uri
+from kachery_cloud.protocol.uri import format_uri, parse_uri
 
 H = "b971c6ef19b1d70ae8f0feb989b106c319b36230"
 

@@ -44,9 +44,9 @@ from schemathesis import GenerationMode
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from kachery_cloud.feed_format import SIGNED_MESSAGE_TAG
 from kachery_cloud.identity import ClientIdentity
-from kachery_cloud.request_signing import (
+from kachery_cloud.protocol.feed_format import SIGNED_MESSAGE_TAG
+from kachery_cloud.protocol.request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
     HEADER_SIGNATURE,

@@ -34,10 +34,10 @@ import yaml
 import kachery_cloud as kcl
 from kachery_cloud._connection import api_client, forget_clients
 from kachery_cloud.api import blobs as blobs_api
-from kachery_cloud.feed_format import signed_bytes
 from kachery_cloud.identity import ClientIdentity
-from kachery_cloud.keys import private_key_hex
-from kachery_cloud.request_signing import (
+from kachery_cloud.protocol.feed_format import signed_bytes
+from kachery_cloud.protocol.keys import private_key_hex
+from kachery_cloud.protocol.request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
     HEADER_SIGNATURE,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import kachery_cloud as kcl
-from kachery_cloud.hashing import sha1_of_file
+from kachery_cloud.protocol.hashing import sha1_of_file
 
 from ..conftest import CLOUD_TEST_SETTINGS, point_client_at
 from ..helpers import copy_identity, count_unloadable, switch_client

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import kachery_cloud as kcl
-from kachery_cloud.hashing import sha1_of_file
+from kachery_cloud.protocol.hashing import sha1_of_file
 
 from ..conftest import point_client_at
 from ..servers import RunningServer, start_server

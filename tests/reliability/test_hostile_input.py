@@ -43,9 +43,9 @@ from kachery_cloud.errors import (
     ServerError,
     ServerUnreachableError,
 )
-from kachery_cloud.mutable_key import MAX_KEY_BYTES, validate_folder_key, validate_mutable_key
-from kachery_cloud.serialization import canonical_json_bytes
-from kachery_cloud.uri import format_uri, is_sha1_hex, parse_uri
+from kachery_cloud.protocol.mutable_key import MAX_KEY_BYTES, validate_folder_key, validate_mutable_key
+from kachery_cloud.protocol.serialization import canonical_json_bytes
+from kachery_cloud.protocol.uri import format_uri, is_sha1_hex, parse_uri
 
 from ..helpers import switch_client
 from ..servers import RunningServer
@@ -735,7 +735,7 @@ def test_identifiers_are_matched_whole(validator: str, valid: str, suffix: str) 
     from api_server.errors import InvalidRequest
     from api_server.services.feeds import _check_feed_id
     from api_server.services.projects import validate_project_id
-    from kachery_cloud.task_format import validate_task_id, validate_task_name
+    from kachery_cloud.protocol.task_format import validate_task_id, validate_task_name
 
     check: Callable[[str], object] = {
         "project_id": validate_project_id,

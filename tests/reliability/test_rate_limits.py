@@ -15,7 +15,7 @@ import requests
 import kachery_cloud as kcl
 from kachery_cloud.api.client import ApiClient
 from kachery_cloud.identity import ClientIdentity
-from kachery_cloud.request_signing import HEADER_CLIENT_ID
+from kachery_cloud.protocol.request_signing import HEADER_CLIENT_ID
 
 from ..conftest import point_client_at
 from ..helpers import new_identity

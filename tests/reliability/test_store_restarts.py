@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import kachery_cloud as kcl
-from kachery_cloud.hashing import sha1_of_file
+from kachery_cloud.protocol.hashing import sha1_of_file
 
 from ..conftest import CLOUD_TEST_SETTINGS, point_client_at
 from ..helpers import blob_files, copy_identity, count_unloadable, switch_client
@@ -38,7 +38,7 @@ CHILD = r"""
 import json, os, random, sys, time
 import kachery_cloud as kcl
 from pathlib import Path
-from kachery_cloud.hashing import sha1_of_file
+from kachery_cloud.protocol.hashing import sha1_of_file
 seed, rounds, sources = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 sizes = json.loads(sys.argv[4])
 rng = random.Random(seed)

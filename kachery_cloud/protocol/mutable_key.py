@@ -11,7 +11,7 @@ project mutables (on the API server) hold at most 1 MiB of UTF-8.
 
 from __future__ import annotations
 
-from .errors import InvalidArgumentError, InvalidMutableKeyError
+from ..errors import InvalidArgumentError, InvalidMutableKeyError
 
 _MAX_SEGMENT_BYTES = 255
 MAX_KEY_BYTES = 1024

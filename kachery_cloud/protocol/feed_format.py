@@ -14,7 +14,7 @@ import re
 import secrets
 from typing import Any
 
-from .errors import InvalidArgumentError, InvalidURIError
+from ..errors import InvalidArgumentError, InvalidURIError
 from .serialization import canonical_json_bytes
 
 URI_SCHEME = "kachery-feed"

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote
 
-from .errors import InvalidArgumentError, InvalidURIError
+from ..errors import InvalidArgumentError, InvalidURIError
 
 SCHEME = "sha1"
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")

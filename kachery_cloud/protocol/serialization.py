@@ -16,7 +16,7 @@ import math
 import pickle
 from typing import Any, BinaryIO
 
-from .errors import SerializationError, UnsafePickleError
+from ..errors import SerializationError, UnsafePickleError
 
 PICKLE_PROTOCOL = 4
 

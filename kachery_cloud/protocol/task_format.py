@@ -17,7 +17,7 @@ import io
 import re
 from typing import Any
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 from .hashing import sha1_of_bytes
 from .serialization import canonical_json_bytes
 
