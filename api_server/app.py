@@ -14,12 +14,13 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .context import ServerContext
-from .errors import ApiError, StoreUnavailable
+from .errors import ApiError, DatabaseUnavailable, StoreUnavailable
 from .routes import blobs, clients, feeds, health, mutables, projects, tasks
 from .web import pages
 
@@ -77,6 +78,19 @@ def create_app(context: ServerContext) -> FastAPI:
     async def _not_unicode(_request: Request, _exc: UnicodeEncodeError) -> JSONResponse:
         # Text with lone surrogates (valid in JSON, not in UTF-8) that no check caught before the database.
         return _error(400, "invalid_request", "the request holds text that is not valid Unicode (a lone surrogate)")
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL restarting or out of reach, SQLite locked by another process past its busy timeout, the
+        # connection pool exhausted: the transaction was rolled back, so the client may ask again.
+        log.warning("the database failed in %s %s: %s", request.method, request.url.path, str(exc).splitlines()[0])
+        return _answer(DatabaseUnavailable("the database is unavailable or busy; try again"))
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_request: Request, _exc: RecursionError) -> JSONResponse:
+        # JSON nested deeper than Python's recursion limit, found while parsing or checking it.
+        return _error(400, "invalid_request", "the request nests values too deeply")
 
     @app.exception_handler(IntegrityError)
     async def _conflict(_request: Request, _exc: IntegrityError) -> JSONResponse:

@@ -63,6 +63,11 @@ def _fail_cleanly(command: F) -> F:
 @click.version_option(package_name="kachery-cloud")
 def main() -> None:
     """The kachery-cloud project API server."""
+    import os
+
+    # The database and logs hold private data: whatever this creates (the admin commands included) is this
+    # user's alone.
+    os.umask(0o077)
 
 
 @main.command()
@@ -270,15 +275,17 @@ def usage(data_dir: Path | None, settings_file: Path | None, project_id: str, as
     """Requests and bytes in/out of a project per UTC day, and what it stores now."""
     from .services import projects
     from .services.blobs import stored_totals
-    from .services.usage import usage_of
+    from .services.usage import stored_by_kind, usage_of
 
     with _database(data_dir, settings_file) as session:
         project = projects.get_project(session, project_id)
-        count, stored = stored_totals(session, project_id)
+        count, _blob_bytes = stored_totals(session, project_id)
         report = {
             "project_id": project_id,
             "blobs": count,
-            "stored_bytes": stored,
+            # Everything the project keeps (what its quota limits), and that by kind.
+            "stored_bytes": project.stored_bytes,
+            "stored_bytes_by_kind": stored_by_kind(session, project_id),
             "storage_quota_bytes": project.storage_quota_bytes,
             "days": usage_of(session, project_id),
         }
@@ -286,8 +293,9 @@ def usage(data_dir: Path | None, settings_file: Path | None, project_id: str, as
         click.echo(json.dumps(report, indent=2))
         return
     quota = report["storage_quota_bytes"]
+    kinds = ", ".join(f"{kind.replace('_', ' ')} {size}" for kind, size in report["stored_bytes_by_kind"].items())
     click.echo(
-        f"{project_id}: {report['blobs']} blobs, {report['stored_bytes']} bytes stored, "
+        f"{project_id}: {report['blobs']} blobs, {report['stored_bytes']} bytes stored ({kinds}), "
         f"quota {'unlimited' if quota is None else quota}"
     )
     for day in report["days"]:

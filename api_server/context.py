@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .auth import RequestAuthenticator
+from .auth import RequestAuthenticator, server_id
 from .db.session import Database
 from .google_tokens import GoogleTokenVerifier
-from .rate_limits import RateLimiter
+from .rate_limits import LongPollSlots, RateLimiter
 from .services.blobs import BlobService
 from .services.feeds import FeedService
 from .services.mutables import MutableService
@@ -30,10 +30,15 @@ class ServerContext:
     feeds: FeedService
     tasks: TaskService
     wakeups: Wakeups
+    long_polls: LongPollSlots
 
     @classmethod
     def build(cls, settings: Settings, storage: Storage) -> ServerContext:
+        """Everything a server process needs, on a database brought up to date first (migrations)."""
         db = Database(settings.resolved_database_url)
+        db.upgrade()
+        with db.transaction() as session:
+            this_server = server_id(session)
         wakeups = Wakeups(db)
         blobs = BlobService(db, storage, settings)
         google = (
@@ -49,6 +54,7 @@ class ServerContext:
                 db,
                 settings.signature_window_sec,
                 RateLimiter(settings.rate_limit_per_client, settings.rate_limit_per_address),
+                this_server,
             ),
             google=google,
             blobs=blobs,
@@ -56,7 +62,12 @@ class ServerContext:
             feeds=FeedService(db, wakeups),
             tasks=TaskService(db, wakeups, settings, blobs),
             wakeups=wakeups,
+            long_polls=LongPollSlots(settings.max_long_polls_per_client),
         )
+
+    @property
+    def server_id(self) -> str:
+        return self.authenticator.server_id
 
     @property
     def server_url(self) -> str:

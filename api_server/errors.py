@@ -88,3 +88,15 @@ class StoreUnavailable(ApiError):
     status = 503
     error_code = "store_unavailable"
     headers = {"Retry-After": "2"}  # noqa: RUF012 (never mutated)
+
+
+class DatabaseUnavailable(ApiError):
+    """503 database_unavailable: the database could not be reached, or stayed locked (SQLite) too long.
+
+    The transaction was rolled back, so nothing of the request was kept and it may be sent again, which clients
+    do for a 503 whatever its method (after ``Retry-After``).
+    """
+
+    status = 503
+    error_code = "database_unavailable"
+    headers = {"Retry-After": "2"}  # noqa: RUF012 (never mutated)

@@ -9,8 +9,12 @@ times the limit, which still stops one runaway script from starving everyone els
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 
 from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
@@ -43,3 +47,31 @@ class RateLimiter:
                     f"too many requests from this {kind} (limit {item}); try again in {retry_after} s",
                     retry_after_sec=retry_after,
                 )
+
+
+class LongPollSlots:
+    """How many long-polls (waits for feed messages, task changes, task claims) each caller has waiting at once
+    in this process: each holds a connection and a wait, so one client must not pile up thousands of them."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._waiting: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def slot(self, caller_key: str) -> Iterator[None]:
+        """Hold one of ``caller_key``'s slots while the block runs; :class:`RateLimited` if it has none free."""
+        with self._lock:
+            if self._waiting[caller_key] >= self.per_client:
+                raise RateLimited(
+                    f"this client already has {self.per_client} long-polls waiting (the limit); try again in 1 s",
+                    retry_after_sec=1,
+                )
+            self._waiting[caller_key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting[caller_key] -= 1
+                if self._waiting[caller_key] <= 0:
+                    del self._waiting[caller_key]

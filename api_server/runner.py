@@ -10,6 +10,10 @@ The data directory holds everything of the embedded default::
         server.json            pid and URL of the running server (removed on a clean stop)
         server.lock            held while a server uses this directory
         server.log, nanio.log  logs of a background server and of its store
+
+Everything in it is private to the user running the server (0700 directory, files without group or other
+bits), whatever the umask and whatever a pre-made directory allowed: the database holds private mutables,
+feed messages and task inputs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -87,11 +92,13 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
     from .app import create_app
     from .context import ServerContext
     from .embedded import EmbeddedS3
+    from .http_guard import ConnectionLimits, guarded_protocol
     from .services import identity
     from .storage import Storage
 
     data_dir = settings.resolved_data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private(data_dir)
+    _raise_open_files_limit()
     lock = FileLock(data_dir / LOCK_FILE)
     try:
         lock.acquire(timeout=0)
@@ -110,7 +117,6 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
         storage.ensure_bucket()
         storage.probe_checksums()
         context = ServerContext.build(settings, storage)
-        context.db.upgrade()
         with context.db.transaction() as session:
             context.db.serialize_startup(session)  # replicas starting together create one owner, not two
             owner = identity.ensure_local_owner(session)
@@ -131,7 +137,24 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-        config = uvicorn.Config(app, log_level=settings.log_level, access_log=settings.log_level == "debug")
+        config = uvicorn.Config(
+            app,
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+            http=guarded_protocol(
+                ConnectionLimits(
+                    max_head_bytes=settings.max_head_bytes,
+                    max_headers=settings.max_headers,
+                    head_timeout_sec=settings.head_timeout_sec,
+                    max_connections_per_address=settings.max_connections_per_address,
+                    exempt_addresses=frozenset(settings.trusted_proxies),
+                )
+            ),
+            # X-Forwarded-For names the client only when a trusted proxy sent it (none by default): otherwise any
+            # client on this machine could pick the address its requests are counted under.
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies) or None,
+        )
         try:
             # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the handler that
             # was in place before (ours, raising _Terminated; Python's, raising KeyboardInterrupt).
@@ -148,10 +171,42 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
         lock.release()
 
 
+def make_private(data_dir: Path) -> None:
+    """Create ``data_dir`` if needed and make it and what it holds at its top level private to this user (the
+    files a server writes later are private anyway: the process's umask is 077)."""
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in (data_dir, *data_dir.iterdir()):
+        try:
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o077:
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            import logging
+
+            logging.getLogger("kachery_cloud_server").warning(
+                "cannot make %s private to this user (it belongs to someone else); other users may read it", path
+            )
+
+
+def _raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: take the hard limit, so that a thousand idle connections do not
+    leave the server unable to accept more (the soft limit is often 1024)."""
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def start_background(settings: Settings, argv: list[str], *, timeout_sec: float = 60.0) -> dict:
     """Start ``argv`` (a foreground ``start``) detached, logging to the data directory; return once healthy."""
     data_dir = settings.resolved_data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private(data_dir)
     log_path = data_dir / LOG_FILE
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

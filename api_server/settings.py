@@ -106,7 +106,30 @@ class Settings(BaseSettings):
     # Retry-After, which clients wait out. Counted per API process. Empty or null: no limit.
     rate_limit_per_client: str | None = "200/second;6000/minute"
     rate_limit_per_address: str | None = "200/second;6000/minute"
+    # Proxies (IP addresses) whose X-Forwarded-For / X-Forwarded-Proto name the real client; none by default, so a
+    # client cannot pick the address it is counted under. Behind a proxy on this machine: ["127.0.0.1"].
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Pending (browser) registrations one address may have open at once; the same client asking again gets its
+    # pending one back.
+    max_pending_registrations_per_address: int = Field(20, ge=1)
+    # Request heads: at most this many bytes and header fields, complete within this many seconds.
+    max_head_bytes: int = Field(32 << 10, ge=4096, le=1 << 20)
+    max_headers: int = Field(100, ge=10, le=10_000)
+    head_timeout_sec: float = Field(10.0, gt=0, le=600)
+    # Open connections per client address (trusted proxies exempt), and long-polls one client may have waiting.
+    max_connections_per_address: int = Field(512, ge=1)
+    max_long_polls_per_client: int = Field(64, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{address!r} is not an IP address") from None
+        return value
 
     @field_validator("rate_limit_per_client", "rate_limit_per_address")
     @classmethod

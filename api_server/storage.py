@@ -7,8 +7,9 @@ blobs are the exception: a client may send up to 4 MiB of them inside one reques
 Object keys (under ``key_prefix``):
 
 - ``projects/<p>/sha1/aa/bb/cc/<sha1>``: written only by a single presigned PUT that carries the signed
-  ``x-amz-checksum-sha1`` header, and only on a store that enforces that header (probed at start). Every
-  write to this key, by anyone, therefore stores exactly the bytes with that hash.
+  ``x-amz-checksum-sha1`` header, and only on a store that enforces that header and refuses unsigned headers
+  (probed at start). Every write to this key, by anyone, therefore stores exactly the bytes with that hash;
+  where the store honours ``If-None-Match: *`` (probed too; signed into the URL) none writes it a second time.
 - ``projects/<p>/sha1/aa/bb/cc/<sha1>.<upload id>``: a multipart upload completed by the server, then re-hashed
   before it is recorded. No client ever gets a URL that could write it again: part URLs die with the upload.
 - ``projects/<p>/packs/aa/<sha1 of the pack>``: small blobs sent inline, written by the server as one object
@@ -41,7 +42,13 @@ class Presigned:
 @dataclass(frozen=True)
 class ObjectHead:
     size: int
-    checksum_sha1: str | None  # base64, as S3 reports it; None if the store keeps no SHA-1 of the whole object
+    # base64: the SHA-1 the store checked the object's bytes against when they were written, as S3 reports it
+    # (or, on the embedded store, its x-amz-meta-kachery-sha1 stamp); None if the store keeps none.
+    checksum_sha1: str | None
+
+
+# The embedded store's stamp of the SHA-1 it checked (api_server.checked_store), as boto3 names user metadata.
+_VERIFIED_SHA1_METADATA = "kachery-sha1"
 
 
 class Storage:
@@ -52,8 +59,11 @@ class Storage:
         self.bucket = settings.bucket
         self.client = client if client is not None else make_s3_client(settings)
         self.url_ttl_sec = url_ttl_sec
-        # Whether the store refuses a body whose x-amz-checksum-sha1 does not match (set by probe_checksums).
+        # Whether the store refuses a body whose x-amz-checksum-sha1 does not match, and refuses headers nobody
+        # signed (set by probe_checksums).
         self.enforces_sha1 = False
+        # Whether the store refuses a PUT with If-None-Match: * onto an existing object (set by probe_checksums).
+        self.refuses_overwrites = False
 
     # ---------------------------------------------------------------- keys
 
@@ -70,15 +80,17 @@ class Storage:
 
     # ---------------------------------------------------------------- presigning
 
-    def presign_put(self, key: str, size: int, sha1_hex: str) -> Presigned:
-        """A single PUT of exactly ``size`` bytes whose SHA-1 the store checks (``x-amz-checksum-sha1``)."""
+    def presign_put(self, key: str, size: int, sha1_hex: str, *, once: bool | None = None) -> Presigned:
+        """A single PUT of exactly ``size`` bytes whose SHA-1 the store checks (``x-amz-checksum-sha1``); with
+        ``once`` (default: where the store supports it), only onto a key that holds no object yet."""
         checksum = sha1_base64(sha1_hex)
-        url = self.client.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentLength": size, "ChecksumSHA1": checksum},
-            ExpiresIn=self.url_ttl_sec,
-        )
-        return Presigned(url, {"x-amz-checksum-sha1": checksum})
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentLength": size, "ChecksumSHA1": checksum}
+        headers = {"x-amz-checksum-sha1": checksum}
+        if self.refuses_overwrites if once is None else once:
+            params["IfNoneMatch"] = "*"
+            headers["If-None-Match"] = "*"
+        url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=self.url_ttl_sec)
+        return Presigned(url, headers)
 
     def presign_part(self, key: str, multipart_id: str, part_number: int, size: int) -> Presigned:
         url = self.client.generate_presigned_url(
@@ -134,7 +146,8 @@ class Storage:
             if s3_error_code(e) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
-        return ObjectHead(size=int(response["ContentLength"]), checksum_sha1=response.get("ChecksumSHA1"))
+        checksum = response.get("ChecksumSHA1") or (response.get("Metadata") or {}).get(_VERIFIED_SHA1_METADATA)
+        return ObjectHead(size=int(response["ContentLength"]), checksum_sha1=checksum)
 
     def sha1_of(self, key: str) -> tuple[str, int]:
         """Read the object and return its SHA-1 (hex) and size."""
@@ -168,26 +181,47 @@ class Storage:
         self.client.create_bucket(Bucket=self.bucket)
 
     def probe_checksums(self) -> bool:
-        """Find out whether the store refuses a PUT whose body does not match its ``x-amz-checksum-sha1``.
-
-        Uses a presigned URL, exactly as clients will. Sets and returns :attr:`enforces_sha1`.
-        """
+        """Find out what the store checks, with presigned URLs exactly as clients will use them: whether it
+        refuses a PUT whose body does not match its ``x-amz-checksum-sha1``, a copy or a metadata header that the
+        URL's signature does not cover, and (for :attr:`refuses_overwrites`) a PUT with ``If-None-Match: *``
+        onto an existing object. Sets and returns :attr:`enforces_sha1`: only a store that refuses all three
+        of the first is trusted to have checked what a single PUT wrote."""
         import requests
 
         expected = b"kachery-cloud checksum probe"
+        sha1 = hashlib.sha1(expected).hexdigest()
         key = f"{self.settings.key_prefix}probes/{secrets.token_hex(8)}"
-        put = self.presign_put(key, len(expected), hashlib.sha1(expected).hexdigest())
+        other = f"{key}-copy"
+        put = self.presign_put(key, len(expected), sha1, once=False)
         try:
             wrong = requests.put(put.url, data=b"kachery-cloud checksum pr0be", headers=put.headers, timeout=30)
             right = requests.put(put.url, data=expected, headers=put.headers, timeout=30)
             head = self.head(key)
+            copy = self.presign_put(other, 0, hashlib.sha1(b"").hexdigest(), once=False)
+            copy_source = f"{self.bucket}/{quote(key)}"
+            copied = requests.put(copy.url, headers={**copy.headers, "x-amz-copy-source": copy_source}, timeout=30)
+            unsigned = requests.put(
+                put.url, data=expected, headers={**put.headers, "x-amz-meta-kachery-probe": "1"}, timeout=30
+            )
+            again = self.presign_put(key, len(expected), sha1, once=True)
+            overwrite = requests.put(again.url, data=expected, headers=again.headers, timeout=30)
+            copy_made = self.head(other) is not None
         finally:
             self.delete(key)
+            self.delete(other)
         if right.status_code != 200:
             raise RuntimeError(
                 f"the object store refused a presigned PUT (HTTP {right.status_code}): {right.text[:300]}"
             )
-        self.enforces_sha1 = 400 <= wrong.status_code < 500 and head is not None and head.size == len(expected)
+        self.enforces_sha1 = (
+            400 <= wrong.status_code < 500
+            and head is not None
+            and head.size == len(expected)
+            and 400 <= copied.status_code < 500
+            and not copy_made
+            and 400 <= unsigned.status_code < 500
+        )
+        self.refuses_overwrites = overwrite.status_code == 412
         return self.enforces_sha1
 
 

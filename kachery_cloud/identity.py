@@ -23,6 +23,7 @@ from .protocol.keys import client_id_of, generate_private_key, parse_private_key
 from .protocol.request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
+    HEADER_SERVER_ID,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     body_digest,
@@ -46,11 +47,13 @@ class ClientIdentity:
     def sign(self, message: bytes) -> str:
         return self.private_key.sign(message).hex()
 
-    def signed_headers(self, method: str, target: str, body: bytes) -> dict[str, str]:
-        """The four headers that authenticate one request (see :mod:`kachery_cloud.protocol.request_signing`)."""
+    def signed_headers(self, method: str, target: str, body: bytes, server_id: str) -> dict[str, str]:
+        """The headers that authenticate one request to the server ``server_id`` (see
+        :mod:`kachery_cloud.protocol.request_signing`)."""
         timestamp_ms = int(time.time() * 1000)
         nonce = secrets.token_hex(16)
         message = signing_message(
+            server_id=server_id,
             method=method,
             target=target,
             body_sha256=body_digest(body),
@@ -62,6 +65,7 @@ class ClientIdentity:
             HEADER_CLIENT_ID: self.client_id,
             HEADER_TIMESTAMP: str(timestamp_ms),
             HEADER_NONCE: nonce,
+            HEADER_SERVER_ID: server_id,
             HEADER_SIGNATURE: self.sign(message),
         }
 

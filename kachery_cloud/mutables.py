@@ -17,7 +17,8 @@ from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from .config import ClientConfig, load_config
 from .errors import InvalidArgumentError
-from .protocol.mutable_key import encode_mutable_value, validate_folder_key, validate_mutable_key
+from .protocol.mutable_key import encode_mutable_value, mutable_key
+from .protocol.mutable_key import folder_key as canonical_folder_key
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ def set_mutable(key: str, value: str, project_id: str | None = None, *, expected
     With ``expected_version``, set it only if it is still at that version (0: only if it is not set), else raise
     :class:`VersionConflictError`: a compare-and-swap, so two writers cannot silently overwrite each other.
     """
-    validate_mutable_key(key)
+    key = mutable_key(key)
     encode_mutable_value(value)
     _check_version(expected_version)
     config = load_config()
@@ -61,7 +62,7 @@ def get_mutable(key: str, default_value: str | None = None, project_id: str | No
 def get_mutable_info(key: str, project_id: str | None = None) -> MutableInfo | None:
     """The project mutable ``key`` with its version (for ``expected_version``) and who changed it last and when;
     None if it is not set."""
-    validate_mutable_key(key)
+    key = mutable_key(key)
     config = load_config()
     answer = api_client(config).call(
         "POST", "/api/mutables/get", json_body=_body(config, project_id, key=key), idempotent=True
@@ -80,7 +81,7 @@ def get_mutable_info(key: str, project_id: str | None = None) -> MutableInfo | N
 
 def delete_mutable(key: str, project_id: str | None = None, *, expected_version: int | None = None) -> bool:
     """Delete the project mutable ``key``; return whether it was set. ``expected_version`` as for set_mutable."""
-    validate_mutable_key(key)
+    key = mutable_key(key)
     _check_version(expected_version)
     config = load_config()
     require_writable(config, "delete_mutable")
@@ -94,7 +95,7 @@ def delete_mutable(key: str, project_id: str | None = None, *, expected_version:
 def delete_mutable_folder(folder_key: str, project_id: str | None = None) -> int:
     """Delete every project mutable under ``folder_key`` (for example ``@lab/@exp1``), all at once; return how
     many there were."""
-    validate_folder_key(folder_key)
+    folder_key = canonical_folder_key(folder_key)
     config = load_config()
     require_writable(config, "delete_mutable_folder")
     answer = api_client(config).call(
@@ -107,7 +108,7 @@ def delete_mutable_folder(folder_key: str, project_id: str | None = None) -> int
 def list_mutables(folder_key: str | None = None, project_id: str | None = None) -> list[str]:
     """The keys of the project's mutables under ``folder_key`` (all of them if None), sorted."""
     if folder_key is not None:
-        validate_folder_key(folder_key)
+        folder_key = canonical_folder_key(folder_key)
     config = load_config()
     api = api_client(config)
     keys: list[str] = []

@@ -86,17 +86,37 @@ def new_identity() -> ClientIdentity:
     return ClientIdentity(client_id=client_id_of(key), private_key=key)
 
 
+_server_ids: dict[str, str] = {}
+
+
+def server_id_of(url: str) -> str:
+    """The id the server at ``url`` announces in /api/health (which signed requests must name)."""
+    if url not in _server_ids:
+        import requests
+
+        _server_ids[url] = requests.get(f"{url}/api/health", timeout=30).json()["server_id"]
+    return _server_ids[url]
+
+
 def signed_headers(
-    identity: ClientIdentity, http_method: str, http_target: str, body: bytes = b"", **overrides: object
+    identity: ClientIdentity,
+    http_method: str,
+    http_target: str,
+    body: bytes = b"",
+    *,
+    server: str = "",
+    **overrides: object,
 ) -> dict[str, str]:
-    """The four X-Kachery-* headers of a request, signed by hand; ``overrides`` replace parts of the signed
-    message (method, target, body_sha256, timestamp_ms, nonce, client_id) to forge it."""
+    """The X-Kachery-* headers of a request to the server at the URL ``server``, signed by hand; ``overrides``
+    replace parts of the signed message (server_id, method, target, body_sha256, timestamp_ms, nonce, client_id)
+    to forge it."""
     import secrets
     import time
 
     from kachery_cloud.protocol.request_signing import (
         HEADER_CLIENT_ID,
         HEADER_NONCE,
+        HEADER_SERVER_ID,
         HEADER_SIGNATURE,
         HEADER_TIMESTAMP,
         body_digest,
@@ -104,6 +124,7 @@ def signed_headers(
     )
 
     parts: dict = {
+        "server_id": overrides.pop("server_id") if "server_id" in overrides else server_id_of(server),
         "method": http_method,
         "target": http_target,
         "body_sha256": body_digest(body),
@@ -116,6 +137,7 @@ def signed_headers(
         HEADER_CLIENT_ID: str(parts["client_id"]),
         HEADER_TIMESTAMP: str(parts["timestamp_ms"]),
         HEADER_NONCE: str(parts["nonce"]),
+        HEADER_SERVER_ID: str(parts["server_id"]),
         HEADER_SIGNATURE: identity.sign(signing_message(**parts)),
     }
 

@@ -83,6 +83,10 @@ class Project(Base):
     # The role a client needs to request tasks that do not exist yet: "write" (default) or "read" (anyone who
     # may read the project; on a public project, any registered client). Running tasks always needs "write".
     task_request_role: Mapped[str] = mapped_column(String(16), default="write", server_default="write")
+    # What the project keeps, in bytes: blobs, mutable keys and values, feed messages and their signatures, task
+    # inputs and results. Changed by the transaction that changes the data, and what the quota limits
+    # (services/usage.charge).
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Membership(Base):
@@ -106,9 +110,20 @@ class Registration(Base):
     # of the machine being linked (a link sent by someone else, or a leaked one, is not enough).
     verification_code: Mapped[str] = mapped_column(String(16))
     failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The network address the registration came from: pending ones are capped per address.
+    address: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
     expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class ServerIdentity(Base):
+    """One row: the id this server (all its replicas) signs requests for. Made by migration 0007."""
+
+    __tablename__ = "server_identity"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
 
 
 class RequestNonce(Base):

@@ -91,7 +91,12 @@ def register(body: RegisterRequest, request: Request, caller: OptionalCaller, co
             )
         if mode == "google":
             registration = identity.start_registration(
-                session, caller.client_id, label, context.settings.registration_ttl_sec
+                session,
+                caller.client_id,
+                label,
+                context.settings.registration_ttl_sec,
+                address=caller.address,
+                max_per_address=context.settings.max_pending_registrations_per_address,
             )
             return RegisterResponse(
                 status="pending",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,7 +11,8 @@ from ..auth import Caller, require_registered
 from ..context import ServerContext
 
 
-def get_context(request: Request) -> ServerContext:
+async def get_context(request: Request) -> ServerContext:
+    # async: FastAPI runs a plain def dependency in the thread pool, which a locked database can fill up.
     return request.app.state.context
 
 
@@ -46,3 +48,9 @@ def registered_caller(
 ContextDep = Annotated[ServerContext, Depends(get_context)]
 OptionalCaller = Annotated[Caller, Depends(optional_caller)]
 RegisteredCaller = Annotated[Caller, Depends(registered_caller)]
+
+
+def long_poll(context: ServerContext, caller: Caller, wait_ms: int) -> contextlib.AbstractContextManager[None]:
+    """One of the caller's long-poll slots while a request that waits (``wait_ms`` > 0) is served; 429 if the
+    caller has none free. A request that does not wait needs none."""
+    return context.long_polls.slot(caller.limit_key) if wait_ms > 0 else contextlib.nullcontext()

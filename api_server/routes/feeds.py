@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from kachery_cloud.protocol.feed_format import MAX_MESSAGES_PER_APPEND, MAX_WAIT_SEC
 
 from ..services.feeds import MAX_READ_MESSAGES
-from .deps import ContextDep, OptionalCaller, RegisteredCaller
+from .deps import ContextDep, OptionalCaller, RegisteredCaller, long_poll
 
 router = APIRouter(prefix="/api/feeds", tags=["feeds"])
 
@@ -91,4 +91,5 @@ async def read_messages(
     wait_ms: int = Query(0, ge=0, le=MAX_WAIT_SEC * 1000, description="long-poll: wait this long for a message"),
 ) -> dict:
     """Messages from ``start`` on. If there are none yet, wait up to ``wait_ms`` for one to be appended."""
-    return await context.feeds.read(caller, feed_id, start, limit, wait_ms)
+    with long_poll(context, caller, wait_ms):
+        return await context.feeds.read(caller, feed_id, start, limit, wait_ms)

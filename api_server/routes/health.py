@@ -1,11 +1,14 @@
-"""Liveness and what the server offers; unauthenticated."""
+"""Liveness and what the server offers; unauthenticated. Served on the event loop (``async``), touching neither
+the database nor the thread pool, so it answers while every worker thread waits on a locked database."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from kachery_cloud.protocol.request_signing import SCHEME_VERSION
 
 from .. import __version__
 from .deps import ContextDep
@@ -18,13 +21,17 @@ class Health(BaseModel):
     version: str
     registration_mode: Literal["local", "google", "none"]
     signature_window_sec: int
+    server_id: str = Field(description="signed into every request for this server (X-Kachery-Server)")
+    signature_scheme: str = Field(description="the request-signing scheme this server verifies")
 
 
 @router.get("/health", response_model=Health)
-def health(context: ContextDep) -> Health:
+async def health(context: ContextDep) -> Health:
     return Health(
         status="ok",
         version=__version__,
         registration_mode=context.settings.registration_mode,
         signature_window_sec=context.settings.signature_window_sec,
+        server_id=context.server_id,
+        signature_scheme=SCHEME_VERSION,
     )

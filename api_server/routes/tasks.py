@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from kachery_cloud.protocol.task_format import MAX_WAIT_SEC, TASK_STATES
 
 from ..services.tasks import MAX_CLAIM, MAX_LIST
-from .deps import ContextDep, OptionalCaller, RegisteredCaller
+from .deps import ContextDep, OptionalCaller, RegisteredCaller, long_poll
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
@@ -129,9 +129,10 @@ class ProjectBody(BaseModel):
 async def request_task(body: RequestBody, caller: OptionalCaller, context: ContextDep) -> dict:
     """Find or create a task. A finished calculation answers its result at once; with ``wait_ms`` the answer waits
     for the task's end, or its first progress message."""
-    return await context.tasks.request(
-        caller, body.project_id, body.task_type, body.task_name, body.task_input, body.request_id, body.wait_ms
-    )
+    with long_poll(context, caller, body.wait_ms):
+        return await context.tasks.request(
+            caller, body.project_id, body.task_type, body.task_name, body.task_input, body.request_id, body.wait_ms
+        )
 
 
 @router.get("", response_model=ListResponse)
@@ -158,7 +159,8 @@ async def task_status(
     with_input: bool = Query(False, description="include the task's input"),
 ) -> dict:
     """A task's status. With ``wait_ms``: wait until it changes past ``after_version`` or ends."""
-    return await context.tasks.status(caller, project_id, task_id, after_version, wait_ms, with_input)
+    with long_poll(context, caller, wait_ms):
+        return await context.tasks.status(caller, project_id, task_id, after_version, wait_ms, with_input)
 
 
 @router.post("/{task_id}/cancel", response_model=CancelResponse)
@@ -171,9 +173,10 @@ def cancel_task(task_id: str, body: ProjectBody, caller: RegisteredCaller, conte
 async def claim_tasks(body: ClaimBody, caller: RegisteredCaller, context: ContextDep, request: Request) -> dict:
     """Workers: claim pending tasks this worker handles, oldest first; wait up to ``wait_ms`` for one."""
     handlers = [(h.task_type, h.task_name) for h in body.handlers]
-    return await context.tasks.claim(
-        caller, body.project_id, handlers, body.worker_id, body.max_tasks, body.wait_ms, request.is_disconnected
-    )
+    with long_poll(context, caller, body.wait_ms):
+        return await context.tasks.claim(
+            caller, body.project_id, handlers, body.worker_id, body.max_tasks, body.wait_ms, request.is_disconnected
+        )
 
 
 @router.post("/heartbeat", response_model=HeartbeatResponse)

@@ -7,11 +7,14 @@ The rules:
   the store (a single PUT with the signed ``x-amz-checksum-sha1``, on a store that enforces it) or re-hashed
   here (multipart uploads, and every upload on a store that does not check). A mismatch deletes the object
   and records nothing.
-- Writing needs the ``write`` role. A project's quota counts its recorded blobs; it is checked when the
-  client asks what to upload and again when an upload is recorded.
+- Writing needs the ``write`` role. A project's quota counts everything it keeps (:mod:`.usage`); it is
+  checked when the client asks what to upload, and a blob is charged to it when it is recorded.
 - Reading a blob needs read access to one project that holds it: membership, or the project is public.
-- An object a blob row points to is never written again: the canonical key only takes checksum-checked
-  PUTs (the same bytes), and a multipart key only the one completion the server makes.
+- An object a blob row points to is never written again: the canonical key only takes PUTs whose signed
+  checksum the store checks (the same bytes), onto a key that holds no object yet where the store honours
+  ``If-None-Match``; a multipart key only the one completion the server makes.
+- Every call about an upload in progress (more URLs, completion) checks again that its client's user still
+  has the ``write`` role: a member removed meanwhile gets nothing more.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from kachery_cloud.protocol.uri import is_sha1_hex
 from ..auth import Caller
 from ..db.models import Blob, Membership, Project, Upload, now_ms
 from ..db.session import Database
-from ..errors import ApiError, InvalidRequest, NotFound, QuotaExceeded, StoreUnavailable
+from ..errors import ApiError, InvalidRequest, NotFound, StoreUnavailable
 from ..settings import MIB, Settings
 from ..storage import Storage, new_upload_id, s3_error_code, sha1_base64
 from . import projects
-from .usage import add_usage
+from .usage import add_usage, charge, charge_or_refuse, check_fits
 
 log = logging.getLogger("kachery_cloud_server")
 
@@ -98,7 +101,7 @@ class BlobService:
             project = projects.caller_project(session, caller, project_id, "write")
             present = self._present(session, project.id, list(unique))
             missing = [blob for sha1, blob in unique.items() if sha1 not in present]
-            self._check_quota(session, project, sum(b.size for b in missing), len(missing))
+            check_fits(project, sum(b.size for b in missing), f"{len(missing)} blob(s)")
             add_usage(session, project.id, requests=1)
         plans = [self._plan(project.id, blob) for blob in missing]
         multipart_ids = self._create_multipart_uploads([p for p in plans if p.method == "multipart"])
@@ -209,6 +212,7 @@ class BlobService:
             raise InvalidRequest(f"at most {MAX_PART_URLS} part URLs per request")
         with self.db.transaction() as session:
             upload = self._own_upload(session, caller, upload_id)
+            projects.require_caller_role(session, upload.project_id, caller, "write")
             # A client still asking for URLs is alive: its upload is not abandoned.
             upload.expires_at_ms = max(upload.expires_at_ms, now_ms() + self.settings.upload_ttl_sec * 1000)
         return self._instructions(upload, upload.multipart_upload_id, part_numbers)
@@ -255,16 +259,15 @@ class BlobService:
         head = self.storage.head(upload.object_key)
         if head is None:
             return _result(upload.id, upload.sha1, "not_uploaded", "nothing was uploaded with this upload's URL yet")
-        if (
-            self.store_checks_sha1
-            and head.checksum_sha1 in (None, sha1_base64(upload.sha1))
-            and head.size == upload.size
-        ):
+        # Trusted only if the store says it checked these bytes against this hash when they were written (a PUT
+        # onto this key with another signed checksum fails, and a copy or unsigned header cannot get around it:
+        # see Storage.probe_checksums); anything else is read back and hashed here.
+        if self.store_checks_sha1 and head.checksum_sha1 == sha1_base64(upload.sha1) and head.size == upload.size:
             return self._record(upload, object_key=None)
         actual_sha1, actual_size = self.storage.sha1_of(upload.object_key)
         if (actual_sha1, actual_size) != (upload.sha1, upload.size):
             self._discard_canonical(upload)
-            return _mismatch(upload, actual_sha1, actual_size)
+            return _mismatch(upload)
         return self._record(upload, object_key=None)
 
     def _complete_multipart(self, upload: Upload, parts: list[tuple[int, str]]) -> dict[str, Any]:
@@ -287,7 +290,7 @@ class BlobService:
         if (actual_sha1, actual_size) != (upload.sha1, upload.size):
             self._quietly(self.storage.delete, upload.object_key)
             self._drop_upload(upload.id)
-            return _mismatch(upload, actual_sha1, actual_size)
+            return _mismatch(upload)
         return self._record(upload, object_key=upload.object_key)
 
     def _record(self, upload: Upload, *, object_key: str | None) -> dict[str, Any]:
@@ -302,8 +305,7 @@ class BlobService:
                     project = session.get(Project, upload.project_id)
                     if project is None:
                         raise NotFound(f"project {upload.project_id} no longer exists", error_code="project_not_found")
-                    quota = project.storage_quota_bytes
-                    if quota is not None and self._used_bytes(session, project.id) + upload.size > quota:
+                    if not charge(session, project.id, upload.size):
                         outcome = "quota_exceeded"
                     else:
                         session.add(
@@ -373,7 +375,7 @@ class BlobService:
         """Those of ``blobs`` the project lacks. Raises :class:`QuotaExceeded` if they do not fit."""
         present = self._present(session, project.id, list(blobs))
         missing = {sha1: data for sha1, data in blobs.items() if sha1 not in present}
-        self._check_quota(session, project, sum(len(data) for data in missing.values()), len(missing))
+        check_fits(project, sum(len(data) for data in missing.values()), f"{len(missing)} blob(s)")
         return missing
 
     def _write_blobs(self, project_id: str, client_id: str, missing: dict[str, bytes]) -> None:
@@ -417,7 +419,7 @@ class BlobService:
             total = sum(where.size for where in new.values())
             # Checked again: another request may have used up the quota meanwhile. The objects are left in the
             # store then; without a row they are never served, and writing them again is harmless.
-            self._check_quota(session, projects.get_project(session, project_id), total, len(new))
+            charge_or_refuse(session, project_id, total, f"{len(new)} blob(s)")
             for sha1, where in new.items():
                 session.add(
                     Blob(
@@ -543,20 +545,6 @@ class BlobService:
             return set()
         return set(session.scalars(select(Blob.sha1).where(Blob.project_id == project_id, Blob.sha1.in_(sha1s))))
 
-    def _used_bytes(self, session: Session, project_id: str) -> int:
-        return stored_totals(session, project_id)[1]
-
-    def _check_quota(self, session: Session, project: Project, new_bytes: int, new_count: int) -> None:
-        quota = project.storage_quota_bytes
-        if quota is None or new_count == 0:
-            return
-        used = self._used_bytes(session, project.id)
-        if used + new_bytes > quota:
-            raise QuotaExceeded(
-                f"storing {new_count} blob(s) of {_human(new_bytes)} would take project {project.id} over its quota "
-                f"of {_human(quota)} ({_human(used)} used); ask a project admin to raise it"
-            )
-
     def _own_upload(self, session: Session, caller: Caller, upload_id: str) -> Upload:
         upload = session.get(Upload, upload_id)
         if upload is None or upload.client_id != caller.client_id or upload.expires_at_ms < now_ms():
@@ -611,20 +599,12 @@ def _result(upload_id: str, sha1: str | None, status: str, message: str) -> dict
     return {"upload_id": upload_id, "sha1": sha1, "status": status, "message": message}
 
 
-def _mismatch(upload: Upload, actual_sha1: str, actual_size: int) -> dict[str, Any]:
+def _mismatch(upload: Upload) -> dict[str, Any]:
+    # Nothing about what the object held: it may not be what this client sent (an upload URL misused to copy
+    # another object), and a caller must not learn anything of objects it cannot read.
     return _result(
         upload.id,
         upload.sha1,
         "mismatch",
-        f"the uploaded bytes ({actual_size} bytes, SHA-1 {actual_sha1}) are not the blob "
-        f"({upload.size} bytes, SHA-1 {upload.sha1}); nothing was recorded",
+        f"the uploaded bytes are not the blob ({upload.size} bytes, SHA-1 {upload.sha1}); nothing was recorded",
     )
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

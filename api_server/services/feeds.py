@@ -1,7 +1,9 @@
 """Server layer 5: feeds, the append-only message logs of projects.
 
 - Creating and appending need the ``write`` role in the feed's project; reading needs read access (anyone,
-  on a public project). Nothing in the API modifies or deletes a message.
+  on a public project). Nothing in the API modifies or deletes a message. A feed of a private project is
+  answered to a non-member as a feed that does not exist.
+- Messages (body and signature) count against the project's quota: an append that does not fit is refused.
 - Message numbers are consecutive from 0: an append locks the feed's row, raises ``num_messages`` by the
   number of messages and inserts them, in one transaction; the primary key (feed, number) refuses duplicates.
   So numbering holds however many clients, processes or server replicas append at once.
@@ -40,10 +42,10 @@ from kachery_cloud.protocol.serialization import canonical_json_bytes
 from ..auth import Caller
 from ..db.models import Feed, FeedMessage, now_ms
 from ..db.session import Database
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import ClientNotRegistered, Conflict, InvalidRequest, NotFound
 from ..wakeups import Wakeups
 from . import projects
-from .usage import add_usage
+from .usage import add_usage, charge_or_refuse
 
 MAX_READ_MESSAGES = 1000
 MAX_READ_BYTES = 4 << 20  # a page stops after this many bytes of messages (it always holds at least one)
@@ -94,7 +96,7 @@ class FeedService:
             # The feed's row, locked (PostgreSQL; SQLite transactions are serial) before looking for the append
             # id, so a retry racing its own first attempt waits for it and then finds it.
             feed = _get_feed(session, feed_id, lock=True)
-            projects.require_caller_role(session, feed.project_id, caller, "write")
+            _require_role(session, feed, caller, "write")
             earlier = session.scalars(
                 select(FeedMessage.number).where(FeedMessage.feed_id == feed_id, FeedMessage.append_id == append_id)
             ).one_or_none()
@@ -102,6 +104,10 @@ class FeedService:
                 _check_same_append(session, feed_id, earlier, messages, caller.client_id)
                 add_usage(session, feed.project_id, requests=1)
                 return {"feed_id": feed_id, "first_number": earlier, "count": len(messages), "repeated": True}
+            # Charged first: an append over the project's quota changes nothing (PostgreSQL: the feed row is locked
+            # before the project's, in every append, so appenders cannot deadlock).
+            size = sum(len(body.encode("utf-8")) + len(signature) for body, signature in messages)
+            charge_or_refuse(session, feed.project_id, size, f"{len(messages)} feed message(s)")
             end = session.scalars(
                 update(Feed)
                 .where(Feed.id == feed_id)
@@ -179,14 +185,39 @@ def _check_feed_id(feed_id: str) -> None:
 def _get_feed(session: Session, feed_id: str, *, lock: bool = False) -> Feed:
     feed = session.get(Feed, feed_id, with_for_update=lock)
     if feed is None:
-        raise NotFound(f"feed {feed_id} does not exist", error_code="feed_not_found")
+        raise _feed_not_found(feed_id)
     return feed
+
+
+def _feed_not_found(feed_id: str) -> NotFound:
+    return NotFound(f"feed {feed_id} does not exist", error_code="feed_not_found")
 
 
 def _readable_feed(session: Session, caller: Caller, feed_id: str) -> Feed:
-    feed = _get_feed(session, feed_id)
-    projects.require_caller_role(session, feed.project_id, caller, "read")
+    try:
+        feed = _get_feed(session, feed_id)
+    except NotFound:
+        _refuse_unregistered(caller)
+        raise
+    _require_role(session, feed, caller, "read")
     return feed
+
+
+def _require_role(session: Session, feed: Feed, caller: Caller, needed: str) -> None:
+    """The caller may act on ``feed`` with role ``needed``. A feed of a private project the caller cannot see is
+    answered as a feed that does not exist; to a client that is not registered, both are "register first"."""
+    try:
+        projects.require_role(session, feed.project_id, caller.user, needed)
+    except NotFound:
+        _refuse_unregistered(caller)
+        raise _feed_not_found(feed.id) from None
+
+
+def _refuse_unregistered(caller: Caller) -> None:
+    if caller.client_id is not None and caller.user is None:
+        raise ClientNotRegistered(
+            f"client {caller.client_id} is not registered with this server; run kachery-cloud-init"
+        )
 
 
 def _check_same_append(

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from kachery_cloud.protocol.request_signing import CLIENT_ID_RE
 
 from ..db.models import Client, Registration, User, now_ms
-from ..errors import Conflict, Gone, InvalidRequest, NotFound
+from ..errors import Conflict, Gone, InvalidRequest, NotFound, RateLimited
 from ..google_tokens import GoogleIdentity
 from . import projects
 
@@ -172,18 +172,42 @@ def client_info(session: Session, client: Client, server_url: str) -> dict[str, 
 MAX_CODE_ATTEMPTS = 5
 
 
-def start_registration(session: Session, client_id: str, label: str, ttl_sec: int) -> Registration:
-    """A pending registration for a client that proved its key; its id is the secret in the link."""
+def start_registration(
+    session: Session, client_id: str, label: str, ttl_sec: int, *, address: str, max_per_address: int
+) -> Registration:
+    """A pending registration for a client that proved its key; its id is the secret in the link. The same
+    client asking again gets its pending registration back; one ``address`` may have ``max_per_address``
+    pending at once (:class:`RateLimited` beyond), since anyone can make keys to register."""
+    now = now_ms()
     # Expired registrations are of no use to anyone: drop them (a day late, so a late page view still
     # says "expired" rather than "unknown").
-    session.execute(delete(Registration).where(Registration.expires_at_ms < now_ms() - 86_400_000))
+    session.execute(delete(Registration).where(Registration.expires_at_ms < now - 86_400_000))
+    pending = (Registration.user_id.is_(None), Registration.expires_at_ms > now)
+    mine = session.scalars(
+        select(Registration).where(Registration.client_id == client_id, *pending).order_by(Registration.expires_at_ms)
+    ).first()
+    if mine is not None and mine.expires_at_ms - now > 60_000:  # still a minute to go: time to sign in
+        return mine
+    from_address = session.scalars(
+        select(Registration.expires_at_ms)
+        .where(Registration.address == address, *pending)
+        .order_by(Registration.expires_at_ms)
+    ).all()
+    if len(from_address) >= max_per_address:
+        wait = max(1, (from_address[0] - now + 999) // 1000)
+        raise RateLimited(
+            f"{len(from_address)} registrations from this address are waiting for someone to sign in (at most "
+            f"{max_per_address}); complete one, or try again in {wait} s",
+            retry_after_sec=wait,
+        )
     registration = Registration(
         id=secrets.token_urlsafe(24),
         client_id=validate_client_id(client_id),
         label=clean_label(label),
         verification_code=_verification_code(),
         failed_attempts=0,
-        expires_at_ms=now_ms() + ttl_sec * 1000,
+        address=address[:64],
+        expires_at_ms=now + ttl_sec * 1000,
     )
     session.add(registration)
     session.flush()

@@ -25,16 +25,16 @@ from kachery_cloud.errors import InvalidArgumentError
 from kachery_cloud.protocol.mutable_key import (
     MutableValueTooLargeError,
     encode_mutable_value,
-    validate_folder_key,
-    validate_mutable_key,
+    mutable_key,
 )
+from kachery_cloud.protocol.mutable_key import folder_key as canonical_folder_key
 
 from ..auth import Caller
 from ..db.models import Mutable, now_ms
 from ..db.session import Database
 from ..errors import Conflict, InvalidRequest
 from . import projects
-from .usage import add_usage
+from .usage import add_usage, charge, charge_or_refuse
 
 MAX_LIST = 1000  # keys per list page
 
@@ -48,7 +48,7 @@ class MutableService:
         self.db = db
 
     def get(self, caller: Caller, project_id: str | None, key: str) -> dict[str, Any]:
-        _check_key(key)
+        key = _check_key(key)
         with self.db.transaction() as session:
             project = projects.caller_project(session, caller, project_id, "read")
             row = session.get(Mutable, (project.id, key))
@@ -60,7 +60,7 @@ class MutableService:
     def set(
         self, caller: Caller, project_id: str | None, key: str, value: str, expected_version: int | None
     ) -> dict[str, Any]:
-        _check_key(key)
+        key = _check_key(key)
         data = _encode_value(value)
         try:
             return self._set(caller, project_id, key, data, expected_version)
@@ -76,6 +76,9 @@ class MutableService:
             project = projects.caller_project(session, caller, project_id, "write")
             row = _locked(session, project.id, key)
             _check_version(key, row, expected_version)
+            # The key is charged once, with its row (which a delete keeps as a tombstone); the value as it changes.
+            grows = len(data) - len(row.value or b"") if row is not None else len(key.encode("utf-8")) + len(data)
+            charge_or_refuse(session, project.id, grows, f"the value of mutable {key!r}")
             if row is None:
                 row = Mutable(project_id=project.id, key=key, version=0, updated_by_client_id="")
                 session.add(row)
@@ -84,13 +87,14 @@ class MutableService:
             return {"project_id": project.id, "key": key, "version": row.version}
 
     def delete(self, caller: Caller, project_id: str | None, key: str, expected_version: int | None) -> dict[str, Any]:
-        _check_key(key)
+        key = _check_key(key)
         with self.db.transaction() as session:
             project = projects.caller_project(session, caller, project_id, "write")
             row = _locked(session, project.id, key)
             _check_version(key, row, expected_version)
             deleted = row is not None and row.value is not None
             if row is not None and deleted:
+                charge(session, project.id, -len(row.value or b""))
                 _change(session, row, None, caller)  # the tombstone keeps counting versions
             add_usage(session, project.id, requests=1)
             return {"project_id": project.id, "key": key, "deleted": deleted, "version": 0}
@@ -100,9 +104,12 @@ class MutableService:
         prefix = _folder_prefix(folder_key)
         with self.db.transaction() as session:
             project = projects.caller_project(session, caller, project_id, "write")
+            live = and_(Mutable.project_id == project.id, Mutable.value.is_not(None), _under(prefix))
+            freed = session.scalar(select(func.coalesce(func.sum(func.length(Mutable.value)), 0)).where(live))
+            charge(session, project.id, -int(freed or 0))
             result = session.execute(
                 update(Mutable)
-                .where(Mutable.project_id == project.id, Mutable.value.is_not(None), _under(prefix))
+                .where(live)
                 .values(
                     value=None,
                     version=Mutable.version + 1,
@@ -112,7 +119,7 @@ class MutableService:
                 .execution_options(synchronize_session=False)
             )
             add_usage(session, project.id, requests=1)
-            return {"project_id": project.id, "folder_key": folder_key, "deleted": result.rowcount}
+            return {"project_id": project.id, "folder_key": prefix[:-1], "deleted": result.rowcount}
 
     def list_keys(
         self, caller: Caller, project_id: str | None, folder_key: str | None, after: str | None, limit: int
@@ -134,7 +141,7 @@ class MutableService:
             if prefix is not None:
                 query = query.where(_under(prefix))
             if after is not None:
-                _check_key(after)  # a page ends at a key; NUL or a lone surrogate would fail in the database
+                after = _check_key(after)  # a page ends at a key; NUL or a lone surrogate would fail in the database
                 query = query.where(Mutable.key > after)
             rows = session.execute(query.order_by(Mutable.key).limit(limit + 1)).all()
             add_usage(session, project.id, requests=1)
@@ -184,19 +191,19 @@ def _describe(row: Mutable) -> dict[str, Any]:
     }
 
 
-def _check_key(key: str) -> None:
+def _check_key(key: str) -> str:
+    """The key in its one form (NFC), or 400 ``invalid_key``."""
     try:
-        validate_mutable_key(key)
+        return mutable_key(key)
     except InvalidArgumentError as e:
         raise InvalidRequest(str(e), error_code="invalid_key") from None
 
 
-def _folder_prefix(folder_key: str) -> str:
+def _folder_prefix(key: str) -> str:
     try:
-        validate_folder_key(folder_key)
+        return canonical_folder_key(key) + "/"
     except InvalidArgumentError as e:
         raise InvalidRequest(str(e), error_code="invalid_key") from None
-    return folder_key + "/"
 
 
 def _under(prefix: str) -> Any:

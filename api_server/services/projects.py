@@ -1,4 +1,9 @@
-"""Projects and memberships: creation, roles, the public-read flag, permission checks."""
+"""Projects and memberships: creation, roles, the public-read flag, permission checks.
+
+A private project is visible to its members only: to anyone else it is answered exactly as a project that does
+not exist (404 ``project_not_found``, the same message), so that nobody learns which private projects exist.
+Members whose role is too low, and non-members of a public project, get 403.
+"""
 
 from __future__ import annotations
 
@@ -63,8 +68,15 @@ def get_project(session: Session, project_id: str) -> Project:
     # which may refuse such text with an error of its own.
     project = session.get(Project, project_id) if PROJECT_ID_RE.match(project_id) else None
     if project is None:
-        raise NotFound(f"project {project_id} does not exist", error_code="project_not_found")
+        raise project_not_found(project_id)
     return project
+
+
+def project_not_found(project_id: str) -> NotFound:
+    """The answer for a project that does not exist, and for a private one to a non-member: the same."""
+    return NotFound(
+        f"project {project_id} does not exist, or is private to its members", error_code="project_not_found"
+    )
 
 
 def set_member(session: Session, project_id: str, user: User, role: str) -> Membership:
@@ -122,6 +134,8 @@ def require_role(
         return project
     role = role_of(session, project_id, user.id if user is not None else None)
     if role is None:
+        if not project.public_read:
+            raise project_not_found(project_id)  # "not yours" answered as "no such thing"
         who = user.name if user is not None else "an anonymous client"
         raise Forbidden(f"{who} is not a member of project {project_id}", error_code="not_a_member")
     if _ROLE_RANK[role] < _ROLE_RANK[needed]:
@@ -153,10 +167,11 @@ def caller_project(session: Session, caller: Caller, project_id: str | None, nee
 
 def require_caller_role(session: Session, project_id: str, caller: Caller, needed: str) -> Project:
     """:func:`require_role` for a request's caller: a signed but unregistered client that is refused is told to
-    register, rather than that an anonymous client is not a member."""
+    register, rather than that an anonymous client is not a member (whether the project exists or not, so
+    that this answer tells nothing either)."""
     try:
         return require_role(session, project_id, caller.user, needed)
-    except Forbidden:
+    except (Forbidden, NotFound):
         if caller.client_id is not None and caller.user is None:
             raise _not_registered(caller) from None
         raise

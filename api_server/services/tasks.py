@@ -61,7 +61,7 @@ from ..settings import Settings
 from ..wakeups import Wakeups
 from . import projects
 from .blobs import BlobService
-from .usage import add_usage
+from .usage import add_usage, charge, charge_or_refuse
 
 MAX_LIST = 1000
 MAX_HANDLERS = 100  # task names one claim may ask for
@@ -134,6 +134,10 @@ class TaskService:
                                error_code="request_id_reused")  # fmt: skip
             if row is None or (task_type == "calculation" and row.state in ("error", "cancelled")):
                 _require_requester(session, project, caller)
+                if row is None:
+                    charge_or_refuse(session, project.id, len(body), f"the input of task {task_name}")
+                elif row.result_json:
+                    charge(session, project.id, -len(row.result_json))
                 if row is None:
                     row = Task(
                         project_id=project.id,
@@ -418,6 +422,8 @@ class TaskService:
                 if blob is None:
                     raise InvalidRequest(f"project {project_id} holds no blob {result_sha1}; upload the result first",
                                          error_code="result_not_stored")  # fmt: skip
+                if result_json is not None:  # the copy on the task's row, beside the blob
+                    charge_or_refuse(session, project_id, len(result_json), f"the result of task {row.task_name}")
                 _change(row, news=True, state="finished", result_sha1=result_sha1, result_size=blob.size,
                         result_json=result_json, lease_expires_at_ms=None)  # fmt: skip
             else:

@@ -12,12 +12,15 @@ A server that cannot be reached at all (connection refused, or dropped for an id
 at least ``unreachable_budget_sec`` (20 s), beyond ``max_attempts``: long enough to ride out a restart.
 
 Each attempt is signed afresh (new timestamp and nonce): resending the same signature would be refused as a
-replay.
+replay. Signatures name the server they are for (its id, from ``GET /api/health``, asked once per client):
+a server given a request signed for another refuses it (``wrong_server``), after which the id is asked for
+again and the request signed anew, once (a server whose database was replaced has a new id).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +39,7 @@ from ..errors import (
     VersionConflictError,
 )
 from ..identity import ClientIdentity
+from ..protocol.request_signing import SERVER_ID_RE
 
 DEFAULT_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds
 DEFAULT_MAX_ATTEMPTS = 5
@@ -49,6 +53,8 @@ _ERROR_CLASSES: dict[str, type[ServerError]] = {
     "bad_signature": AuthenticationError,
     "stale_timestamp": AuthenticationError,
     "replayed_nonce": AuthenticationError,
+    "wrong_server": AuthenticationError,
+    "upgrade_required": AuthenticationError,
     "client_not_registered": NotRegisteredError,
     "not_a_member": PermissionDeniedError,
     "insufficient_role": PermissionDeniedError,
@@ -88,6 +94,8 @@ class ApiClient:
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.unreachable_budget_sec = unreachable_budget_sec
+        self._server_id: str | None = None
+        self._server_id_lock = threading.Lock()
 
     def call(
         self,
@@ -104,6 +112,44 @@ class ApiClient:
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE")
         body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode("utf-8")
+        signed = self.identity is not None
+        try:
+            return self._call(method, path, body, params, idempotent, timeout, signed)
+        except AuthenticationError as e:
+            if e.error_code != "wrong_server" or not signed:
+                raise
+            # The server at this address is not the one the id was asked of (a new database, a new server):
+            # nothing was done with the request; ask for the id again and sign for it.
+            with self._server_id_lock:
+                self._server_id = None
+            return self._call(method, path, body, params, idempotent, timeout, signed)
+
+    def server_id(self) -> str:
+        """The id of the server at ``base_url``, which signed requests name (asked once, unsigned)."""
+        with self._server_id_lock:
+            if self._server_id is None:
+                health = self._call("GET", "/api/health", b"", None, True, None, False)
+                found = health.get("server_id") if isinstance(health, dict) else None
+                if not isinstance(found, str) or not SERVER_ID_RE.match(found):
+                    raise ServerError(
+                        f"the server at {self.base_url} does not say which server it is (no server_id in "
+                        "/api/health): it is an older kachery-cloud-server, which this client cannot sign requests "
+                        "for; upgrade the server",
+                        error_code="server_too_old",
+                    )
+                self._server_id = found
+            return self._server_id
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        params: Mapping[str, Any] | None,
+        idempotent: bool,
+        timeout: tuple[float, float] | None,
+        signed: bool,
+    ) -> Any:
         retrying = tenacity.Retrying(
             stop=self._should_stop,
             wait=_wait_backoff_or_retry_after,
@@ -113,7 +159,7 @@ class ApiClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._attempt(method, path, body, params, idempotent, timeout or self.timeout)
+                    return self._attempt(method, path, body, params, idempotent, timeout or self.timeout, signed)
         except _RetryableFailure as failure:
             raise failure.final from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -134,15 +180,17 @@ class ApiClient:
         params: Mapping[str, Any] | None,
         idempotent: bool,
         timeout: tuple[float, float],
+        signed: bool,
     ) -> Any:
         url = f"{self.base_url}{path}"
         headers = {"Content-Type": "application/json"} if body else {}
         prepared = self.session.prepare_request(
             requests.Request(method, url, data=body, headers=headers, params=params)
         )
-        if self.identity is not None:
+        if signed and self.identity is not None:
             # Sign the target exactly as it will be sent (requests has encoded the query by now).
-            prepared.headers.update(self.identity.signed_headers(method, prepared.path_url, body))
+            server = self.server_id()
+            prepared.headers.update(self.identity.signed_headers(method, prepared.path_url, body, server))
         try:
             # No redirects: they would carry the signed headers elsewhere or turn a POST into a GET.
             response = self.session.send(prepared, timeout=timeout, allow_redirects=False)

@@ -7,9 +7,17 @@ folders and values can never share a name, a value and a folder never collide on
 Segments may not be empty, ``.`` or ``..``, start with ``.`` (reserved for temporary files), contain NUL
 or control characters, or exceed 255 bytes of UTF-8; a whole key may not exceed 1024 bytes. Values are strings;
 project mutables (on the API server) hold at most 1 MiB of UTF-8.
+
+Keys that look alike are one key, or refused: a key is normalized to Unicode NFC (``café`` typed with a combining
+accent is the same key as with the precomposed ``é``), and format characters (zero-width spaces and joiners,
+bidirectional controls such as U+202E, the byte order mark, the soft hyphen) and line or paragraph separators
+are refused, since they are invisible or reorder what is shown. Letters of different scripts stay different
+keys (Cyrillic ``\u0430`` is not Latin ``a``), as they are in file names and URLs.
 """
 
 from __future__ import annotations
+
+import unicodedata
 
 from ..errors import InvalidArgumentError, InvalidMutableKeyError
 
@@ -39,8 +47,18 @@ def encode_mutable_value(value: str, *, max_bytes: int | None = MAX_VALUE_BYTES)
     return data
 
 
+def mutable_key(key: str) -> str:
+    """``key`` in its one form (NFC), checked; raises :class:`InvalidMutableKeyError` saying what is wrong."""
+    return "/".join(validate_mutable_key(key))
+
+
+def folder_key(key: str) -> str:
+    """A folder key in its one form (NFC), checked."""
+    return "/".join(validate_folder_key(key))
+
+
 def validate_mutable_key(key: str) -> list[str]:
-    """Check ``key`` and return its segments; raise :class:`InvalidMutableKeyError` saying what is wrong."""
+    """Check ``key`` and return its segments, in NFC; raise :class:`InvalidMutableKeyError` saying what is wrong."""
     segments = _segments(key, what="mutable key")
     for segment in segments[:-1]:
         if not segment.startswith("@"):
@@ -58,7 +76,7 @@ def validate_mutable_key(key: str) -> list[str]:
 
 
 def validate_folder_key(key: str) -> list[str]:
-    """Check a folder key (every segment starts with ``@``) and return its segments."""
+    """Check a folder key (every segment starts with ``@``) and return its segments, in NFC."""
     segments = _segments(key, what="mutable folder key")
     for segment in segments:
         if not segment.startswith("@"):
@@ -73,6 +91,8 @@ def _segments(key: str, *, what: str) -> list[str]:
         raise InvalidMutableKeyError(f"a {what} must be a str, not {type(key).__name__}")
     if not key:
         raise InvalidMutableKeyError(f"a {what} must not be empty")
+    if not any(0xD800 <= ord(c) <= 0xDFFF for c in key):  # lone surrogates: refused below, as they are
+        key = unicodedata.normalize("NFC", key)
     if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise InvalidMutableKeyError(f"a {what} may be at most {MAX_KEY_BYTES} bytes of UTF-8: {key[:40]!r}...")
     segments = key.split("/")
@@ -96,6 +116,13 @@ def _segment_problem(segment: str) -> str | None:
         return f"segment {segment!r} contains a control character"
     if any(0xD800 <= ord(c) <= 0xDFFF for c in segment):
         return f"segment {segment!r} is not valid Unicode (lone surrogate)"
+    invisible = next((c for c in segment if unicodedata.category(c) in ("Cf", "Zl", "Zp")), None)
+    if invisible is not None:
+        name = unicodedata.name(invisible, "a format character")
+        return (
+            f"segment {segment!r} contains U+{ord(invisible):04X} ({name}), an invisible or bidirectional "
+            "character that would make look-alike keys"
+        )
     if len(segment.encode("utf-8")) > _MAX_SEGMENT_BYTES:
         return f"segment {segment[:20]!r}... is longer than {_MAX_SEGMENT_BYTES} bytes"
     return None

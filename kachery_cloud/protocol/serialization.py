@@ -19,20 +19,24 @@ from typing import Any, BinaryIO
 from ..errors import SerializationError, UnsafePickleError
 
 PICKLE_PROTOCOL = 4
+# Deeper JSON is refused (SerializationError) rather than left to hit the recursion limit: no data set needs it,
+# and a server must answer such input with 400, not a crash.
+MAX_JSON_DEPTH = 200
 
 # ---------------------------------------------------------------------------------------------- JSON
 
 
 def canonical_json_bytes(value: Any) -> bytes:
     """Canonical JSON of ``value`` as ASCII bytes; raises :class:`SerializationError` for what JSON cannot hold."""
-    normalized = _normalize_json(value, "$", set())
+    normalized = _normalize_json(value, "$", [])
     return json.dumps(normalized, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode(
         "ascii"
     )
 
 
-def _normalize_json(x: Any, where: str, active: set[int]) -> Any:
-    """Turn ``x`` into plain JSON types (str-keyed dicts, lists, int, finite non-integral float, str, bool, None)."""
+def _normalize_json(x: Any, where: str, active: list[int]) -> Any:
+    """Turn ``x`` into plain JSON types (str-keyed dicts, lists, int, finite non-integral float, str, bool, None).
+    ``active``: the ids of the containers ``x`` is inside, outermost first."""
     if x is None or isinstance(x, (bool, str)):
         return x
     if isinstance(x, int):
@@ -46,18 +50,20 @@ def _normalize_json(x: Any, where: str, active: set[int]) -> Any:
     if isinstance(x, (dict, list, tuple)):
         if id(x) in active:
             raise SerializationError(f"{where}: circular reference")
-        active.add(id(x))
+        if len(active) >= MAX_JSON_DEPTH:
+            raise SerializationError(f"{where[:200]}...: nested deeper than {MAX_JSON_DEPTH} levels")
+        active.append(id(x))
         try:
             if isinstance(x, dict):
                 return _normalize_json_dict(x, where, active)
             return [_normalize_json(item, f"{where}[{i}]", active) for i, item in enumerate(x)]
         finally:
-            active.discard(id(x))
+            active.pop()
     hint = " (use store_npy, or .tolist())" if type(x).__name__ == "ndarray" else ""
     raise SerializationError(f"{where}: object of type {type(x).__name__} is not JSON serializable{hint}")
 
 
-def _normalize_json_dict(x: dict[Any, Any], where: str, active: set[int]) -> dict[str, Any]:
+def _normalize_json_dict(x: dict[Any, Any], where: str, active: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, item in x.items():
         text_key = _json_key(key, where)

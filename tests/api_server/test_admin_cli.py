@@ -30,7 +30,7 @@ def test_create_project_add_member_set_public_and_list(connected: RunningServer)
     assert requests.get(f"{connected.url}/api/projects/ephys-2026").json()["public_read"] is True
     connected.admin("set-public", "ephys-2026", "false")
     private = requests.get(f"{connected.url}/api/projects/ephys-2026")
-    assert private.status_code == 403 and private.json()["error_code"] == "not_a_member"
+    assert private.status_code == 404 and private.json()["error_code"] == "project_not_found"
     connected.admin("remove-member", "ephys-2026", "dana@example.org")
     rows = {r["project_id"]: r for r in json.loads(connected.admin("list-projects", "--json").stdout)}
     assert "dana@example.org" not in rows["ephys-2026"]["members"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 
 import pytest
 import requests
@@ -21,7 +22,7 @@ from ..servers import PostgresDatabases, RunningServer
         ("GET", "/api/no-such-endpoint", None, 404, "not_found"),
         ("DELETE", "/api/health", None, 405, "method_not_allowed"),
         ("GET", "/api/projects/no-such-project", None, 404, "project_not_found"),
-        ("GET", "/api/projects/default", None, 403, "not_a_member"),
+        ("GET", "/api/projects/default", None, 404, "project_not_found"),  # private: as if it did not exist
         ("POST", "/api/registrations/x/google", {"credential": ""}, 422, "invalid_request"),
         ("POST", "/api/registrations/x/google", "not json", 422, "invalid_request"),
     ],
@@ -44,14 +45,19 @@ def test_the_openapi_document_describes_the_api(server: RunningServer) -> None:
     assert requests.get(f"{server.url}/docs").status_code == 200
 
 
-def test_health_says_how_clients_register(server: RunningServer) -> None:
+def test_health_says_how_clients_register_and_which_server_to_sign_for(server: RunningServer) -> None:
     health = requests.get(f"{server.url}/api/health").json()
+    server_id = health.pop("server_id")
     assert health == {
         "status": "ok",
         "version": importlib.metadata.version("kachery-cloud"),
         "registration_mode": "local",
         "signature_window_sec": 60,
+        "signature_scheme": "kachery-cloud-request-v2",
     }
+    assert re.fullmatch("[0-9a-f]{32}", server_id)
+    # The id is the server's (its database's): the same after a restart, which the embedded server test shows.
+    assert requests.get(f"{server.url}/api/health").json()["server_id"] == server_id
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -189,11 +189,12 @@ def test_reading_needs_read_access_and_writing_needs_write_access(
 
     switch_client(monkeypatch, tmp_path / "outsider", register=False)
     act_as(server, monkeypatch, f"outsider-{secrets.token_hex(3)}@example.org")
-    with pytest.raises(kcl.PermissionDeniedError, match="not a member of project default"):
+    # A private project is, to a non-member, a project that does not exist.
+    with pytest.raises(kcl.ServerError, match="project default does not exist, or is private to its members"):
         kcl.get_mutable(f"{base}/private", project_id="default")
-    with pytest.raises(kcl.PermissionDeniedError, match="not a member of project default"):
+    with pytest.raises(kcl.ServerError, match="project default does not exist, or is private to its members"):
         kcl.set_mutable(f"{base}/private", "overwritten", project_id="default")
-    with pytest.raises(kcl.PermissionDeniedError):
+    with pytest.raises(kcl.ServerError, match="project default does not exist, or is private to its members"):
         kcl.list_mutables(base, project_id="default")
     assert kcl.get_mutable(f"{base}/published", project_id=public_project) == "for everyone"
     with pytest.raises(kcl.PermissionDeniedError, match="not a member"):
@@ -217,7 +218,7 @@ def test_reading_needs_read_access_and_writing_needs_write_access(
     monkeypatch.setenv("KACHERY_CLOUD_EPHEMERAL", "1")
     assert kcl.get_mutable(f"{base}/published", project_id=public_project) == "for everyone"
     assert kcl.list_mutables(base, project_id=public_project) == [f"{base}/published"]
-    with pytest.raises(kcl.PermissionDeniedError, match="anonymous client is not a member of project default"):
+    with pytest.raises(kcl.ServerError, match="project default does not exist, or is private to its members"):
         kcl.get_mutable(f"{base}/private", project_id="default")
     with pytest.raises(kcl.ServerError, match="no default project"):
         kcl.get_mutable(f"{base}/published")

@@ -239,7 +239,7 @@ def test_writing_needs_write_membership_and_reading_needs_read_access(
         kcl.load_bytes(private_uri, 0, 3)
     assert kcl.load_json(public_uri) == {"published": True}
     monkeypatch.setenv("KACHERY_CLOUD_PROJECT", "default")
-    with pytest.raises(kcl.PermissionDeniedError, match="not a member of project default"):
+    with pytest.raises(kcl.ServerError, match="project default does not exist, or is private to its members"):
         kcl.store_text("intruder")
     # A reader of "default" can load but not store.
     reader = f"reader-{secrets.token_hex(3)}@example.org"

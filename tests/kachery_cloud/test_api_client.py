@@ -21,11 +21,14 @@ from ..servers import free_port
 
 
 class Script:
-    """Responses to hand out in order: (status, body, headers); the last one repeats."""
+    """Responses to hand out in order: (status, body, headers); the last one repeats. ``GET /api/health`` is
+    answered apart, with ``server_ids`` in turn (the last one repeats), and not recorded."""
 
     def __init__(self) -> None:
         self.responses: list[tuple[int, dict, dict]] = []
         self.requests: list[dict] = []
+        self.server_ids = ["5e" * 16]
+        self.health_asked = 0
 
 
 @pytest.fixture
@@ -36,11 +39,18 @@ def fake() -> Iterator[tuple[str, Script]]:
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
+            if self.path == "/api/health":
+                server_id = script.server_ids[min(script.health_asked, len(script.server_ids) - 1)]
+                script.health_asked += 1
+                self._send(200, {"status": "ok", "server_id": server_id}, {})
+                return
             script.requests.append(
                 {"method": self.command, "path": self.path, "headers": dict(self.headers), "body": body}
             )
             index = min(len(script.requests), len(script.responses)) - 1
-            status, payload, headers = script.responses[index]
+            self._send(*script.responses[index])
+
+        def _send(self, status: int, payload: dict, headers: dict) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             for k, v in {"Content-Type": "application/json", **headers}.items():
@@ -72,6 +82,33 @@ def test_503_is_retried_with_a_fresh_signature_and_retry_after_is_honoured(fake:
     assert time.monotonic() - started >= 1.0
     nonces = [r["headers"][HEADER_NONCE] for r in script.requests]
     assert len(nonces) == 2 and nonces[0] != nonces[1]
+
+
+def test_requests_are_signed_for_the_server_and_signed_again_when_it_is_another(fake: tuple[str, Script]) -> None:
+    from kachery_cloud.protocol.request_signing import HEADER_SERVER_ID
+
+    url, script = fake
+    script.server_ids = ["5e" * 16, "7a" * 16]  # the server was replaced (a new database) after the first ask
+    script.responses = [
+        (200, {"ok": 1}, {}),
+        (401, {"error_code": "wrong_server", "message": "signed for another server"}, {}),
+        (200, {"ok": 2}, {}),
+    ]
+    client = ApiClient(url, new_identity())
+    assert client.call("POST", "/api/x", json_body={}) == {"ok": 1}
+    assert client.call("POST", "/api/x", json_body={}, idempotent=False) == {"ok": 2}
+    assert [r["headers"][HEADER_SERVER_ID] for r in script.requests] == ["5e" * 16, "5e" * 16, "7a" * 16]
+    assert script.health_asked == 2
+
+
+def test_a_server_that_names_no_server_id_is_reported_as_too_old(fake: tuple[str, Script]) -> None:
+    url, script = fake
+    script.server_ids = [None]  # type: ignore[list-item]
+    script.responses = [(200, {"ok": True}, {})]
+    with pytest.raises(kcl.ServerError, match="older kachery-cloud-server") as error:
+        ApiClient(url, new_identity()).call("GET", "/api/x")
+    assert error.value.error_code == "server_too_old"
+    assert script.requests == []  # nothing was sent unsigned in its place
 
 
 def test_429_is_retried_then_reported(fake: tuple[str, Script]) -> None:

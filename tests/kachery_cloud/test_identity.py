@@ -96,13 +96,13 @@ def test_signatures_bind_every_part_of_the_request() -> None:
     key = generate_private_key()
     client_id = client_id_of(key)
     parts = dict(
-        method="POST", target="/api/x?a=1", body_sha256=body_digest(b"{}"), timestamp_ms=1, nonce="0" * 32,
-        client_id=client_id,
+        server_id="5" * 32, method="POST", target="/api/x?a=1", body_sha256=body_digest(b"{}"), timestamp_ms=1,
+        nonce="0" * 32, client_id=client_id,
     )  # fmt: skip
     signature = key.sign(signing_message(**parts)).hex()  # type: ignore[arg-type]
     assert verify_signature(client_id, signing_message(**parts), signature)  # type: ignore[arg-type]
-    for name, other in [("method", "GET"), ("target", "/api/x?a=2"), ("body_sha256", body_digest(b"[]")),
-                        ("timestamp_ms", 2), ("nonce", "1" * 32)]:  # fmt: skip
+    for name, other in [("server_id", "6" * 32), ("method", "GET"), ("target", "/api/x?a=2"),
+                        ("body_sha256", body_digest(b"[]")), ("timestamp_ms", 2), ("nonce", "1" * 32)]:  # fmt: skip
         changed = {**parts, name: other}
         assert not verify_signature(client_id, signing_message(**changed), signature), name  # type: ignore[arg-type]
     assert not verify_signature("00" * 32, signing_message(**parts), signature)  # type: ignore[arg-type]
@@ -112,11 +112,11 @@ def test_signatures_bind_every_part_of_the_request() -> None:
 def test_the_signing_message_format_is_stable() -> None:
     # Clients and servers of different versions must agree on these bytes.
     message = signing_message(
-        method="get", target="/api/clients/me", body_sha256=body_digest(b""), timestamp_ms=1700000000000,
-        nonce="ab" * 16, client_id="cd" * 32,
+        server_id="ef" * 16, method="get", target="/api/clients/me", body_sha256=body_digest(b""),
+        timestamp_ms=1700000000000, nonce="ab" * 16, client_id="cd" * 32,
     )  # fmt: skip
     assert message == (
-        b"kachery-cloud-request-v1\nGET\n/api/clients/me\n"
+        b"kachery-cloud-request-v2\n" + b"ef" * 16 + b"\nGET\n/api/clients/me\n"
         b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n1700000000000\n"
         + b"ab" * 16
         + b"\n"

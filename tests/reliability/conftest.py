@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,14 @@ def soak(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(scope="session")
 def figures() -> Figures:
     return _FIGURES
+
+
+@pytest.fixture(scope="module")
+def world(cloud: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The parties of the attacks and the victim's data, once per server (:mod:`.attack_kit`)."""
+    from .attack_kit import build_world
+
+    yield from build_world(cloud, tmp_path_factory)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

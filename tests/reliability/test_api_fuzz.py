@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -49,8 +50,9 @@ from kachery_cloud.protocol.feed_format import SIGNED_MESSAGE_TAG
 from kachery_cloud.protocol.request_signing import (
     HEADER_CLIENT_ID,
     HEADER_NONCE,
-    HEADER_SIGNATURE,
+    HEADER_SERVER_ID,
     HEADER_TIMESTAMP,
+    SIGNATURE_HEADERS,
     body_digest,
 )
 
@@ -67,7 +69,6 @@ MAX_WAIT_MS = 30_000  # the documented longest wait_ms (feeds and tasks)
 # --soak about 36,000.
 EXAMPLES_CI = 15
 EXAMPLES_SOAK = 300
-SIGNATURE_HEADERS = (HEADER_CLIENT_ID, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
 
 # No rate limits: the fuzzer tests the handlers, not the limiter (tests/reliability/test_rate_limits.py does), and at
 # --soak rates one address would otherwise be answered 429 for most of the run.
@@ -76,9 +77,10 @@ SERVER_SETTINGS = {"rate_limit_per_client": None, "rate_limit_per_address": None
 # The operations that do not look at signatures at all; every other one authenticates the caller.
 UNAUTHENTICATED = {("GET", "/api/health"), ("POST", "/api/registrations/{registration_id}/google")}
 # Ways of getting a signature wrong. None of them may ever be answered with a 2xx by an authenticating operation.
-FORGED = ("partial", "malformed", "random_signature", "stale", "tampered", "replayed")
+FORGED = ("partial", "malformed", "random_signature", "stale", "tampered", "replayed", "other_server", "v1")
 # 401 codes that mean "your signature is wrong": never the answer to a request signed correctly.
-SIGNATURE_REFUSALS = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp", "replayed_nonce"}
+SIGNATURE_REFUSALS = {"missing_signature", "malformed_signature", "bad_signature", "stale_timestamp", "replayed_nonce",
+                      "wrong_server", "upgrade_required"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class SigningPlan:
     kind: str  # "valid", "none", "unregistered" or one of FORGED
     identity: ClientIdentity | None = None
     dropped: tuple[str, ...] = ()  # partial: the headers left out
-    garbage: tuple[str, ...] = ()  # malformed: the four header values
+    garbage: tuple[str, ...] = ()  # malformed: the five header values
     skew_ms: int = 0  # stale: how far the timestamp is off
     tamper: str = ""  # tampered: which signed part differs from what is sent
 
@@ -118,6 +120,11 @@ class SignAtSend(requests.auth.AuthBase):
             headers = _signed_headers(identity, r, skew_ms=plan.skew_ms)
         elif plan.kind == "tampered":
             headers = _signed_headers(identity, r, tamper=plan.tamper)
+        elif plan.kind == "other_server":  # a request signed for another server, replayed to this one
+            headers = _signed_headers(identity, r, server_id=secrets.token_hex(16))
+        elif plan.kind == "v1":  # a client of the scheme before servers were named: no X-Kachery-Server
+            headers = _signed_headers(identity, r)
+            del headers[HEADER_SERVER_ID]
         else:  # valid, replayed (sent twice), partial, unregistered
             headers = _signed_headers(identity, r)
         for name in plan.dropped:
@@ -127,7 +134,7 @@ class SignAtSend(requests.auth.AuthBase):
 
 
 def _signed_headers(
-    identity: ClientIdentity, r: requests.PreparedRequest, *, skew_ms: int = 0, tamper: str = ""
+    identity: ClientIdentity, r: requests.PreparedRequest, *, skew_ms: int = 0, tamper: str = "", server_id: str = ""
 ) -> dict[str, str]:
     """Headers for ``r``; with ``tamper``, the signature covers that part changed while the request carries the
     true one (a signature over something else)."""
@@ -139,10 +146,22 @@ def _signed_headers(
         "body": {"body_sha256": body_digest(body + b" ")},
         "timestamp": {"timestamp_ms": timestamp_ms + 1},
         "nonce": {"nonce": secrets.token_hex(16)},
+        "server": {"server_id": secrets.token_hex(16)},
     }.get(tamper, {})
+    parts = urlsplit(str(r.url))
+    server = f"{parts.scheme}://{parts.netloc}"
+    if server_id:
+        forged["server_id"] = server_id
     headers = signed_headers(
-        identity, str(r.method), r.path_url, body, **{"timestamp_ms": timestamp_ms, "nonce": nonce, **forged}
+        identity,
+        str(r.method),
+        r.path_url,
+        body,
+        server=server,
+        **{"timestamp_ms": timestamp_ms, "nonce": nonce, **forged},
     )
+    if server_id:
+        headers[HEADER_SERVER_ID] = server_id
     return {**headers, HEADER_TIMESTAMP: str(timestamp_ms), HEADER_NONCE: nonce}
 
 
@@ -357,7 +376,10 @@ def _signing_plans(target: FuzzTarget, mode: str) -> st.SearchStrategy[SigningPl
         ),
         st.builds(
             lambda garbage: SigningPlan("malformed", garbage=tuple(garbage)),
-            st.lists(ascii_text, min_size=4, max_size=4),
+            # Empty values included: headers present but empty are a signature that does not verify.
+            st.lists(
+                st.one_of(st.just(""), ascii_text), min_size=len(SIGNATURE_HEADERS), max_size=len(SIGNATURE_HEADERS)
+            ),
         ),
         st.just(SigningPlan("random_signature")),
         st.builds(
@@ -367,9 +389,11 @@ def _signing_plans(target: FuzzTarget, mode: str) -> st.SearchStrategy[SigningPl
         ),
         st.builds(
             lambda tamper: SigningPlan("tampered", target.identity, tamper=tamper),
-            st.sampled_from(["method", "target", "body", "timestamp", "nonce"]),
+            st.sampled_from(["method", "target", "body", "timestamp", "nonce", "server"]),
         ),
         st.just(SigningPlan("replayed", target.identity)),
+        st.just(SigningPlan("other_server", target.identity)),
+        st.just(SigningPlan("v1", target.identity)),
         # A fresh key each time: POST /api/clients/register would register a shared one.
         st.builds(lambda: SigningPlan("unregistered", new_identity())),
     )

@@ -18,7 +18,7 @@ from kachery_cloud.identity import ClientIdentity
 from kachery_cloud.protocol.request_signing import HEADER_CLIENT_ID
 
 from ..conftest import point_client_at
-from ..helpers import new_identity
+from ..helpers import new_identity, server_id_of
 from ..servers import RunningServer, start_server
 from .conftest import Figure, Figures
 
@@ -43,7 +43,10 @@ def registered_identity(server: RunningServer) -> ClientIdentity:
     identity = new_identity()
     body = b'{"label":"rate-limit test"}'
     for _ in range(3):
-        headers = {"Content-Type": "application/json", **identity.signed_headers("POST", "/api/clients/register", body)}
+        headers = {
+            "Content-Type": "application/json",
+            **identity.signed_headers("POST", "/api/clients/register", body, server_id_of(server.url)),
+        }
         response = requests.post(f"{server.url}/api/clients/register", data=body, headers=headers, timeout=10)
         if response.status_code != 429:  # 429: the address limit, after an earlier test's forged requests
             break
@@ -56,7 +59,9 @@ def registered_identity(server: RunningServer) -> ClientIdentity:
 def burst(server: RunningServer, identity: ClientIdentity, count: int) -> list[requests.Response]:
     return [
         requests.get(
-            f"{server.url}/api/clients/me", headers=identity.signed_headers("GET", "/api/clients/me", b""), timeout=10
+            f"{server.url}/api/clients/me",
+            headers=identity.signed_headers("GET", "/api/clients/me", b"", server_id_of(server.url)),
+            timeout=10,
         )
         for _ in range(count)
     ]
@@ -86,7 +91,7 @@ def test_forged_requests_naming_a_client_do_not_spend_its_budget(limited: Runnin
     victim, forger = registered_identity(limited), new_identity()
     forged_statuses = []
     for _ in range(3 * PER_SECOND):
-        headers = forger.signed_headers("GET", "/api/clients/me", b"")
+        headers = forger.signed_headers("GET", "/api/clients/me", b"", server_id_of(limited.url))
         headers[HEADER_CLIENT_ID] = victim.client_id  # signed by the forger's key, claiming the victim's id
         forged_statuses.append(requests.get(f"{limited.url}/api/clients/me", headers=headers, timeout=10).status_code)
     # Refused as forged, then cut short by the address limit: never served.
