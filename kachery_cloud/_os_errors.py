@@ -25,8 +25,8 @@ def explain_permission_errors(function: Callable[P, R]) -> Callable[P, R]:
             raise  # already explained (PermissionDeniedError and EphemeralModeError are PermissionErrors too)
         except PermissionError as e:
             raise LocalFileError(
-                f"permission denied: {e.filename or e}. If several users share this kachery-cloud directory, "
-                "set 'multiuser: true' in its config.yaml (and make the directory group-owned and setgid)"
+                f"permission denied: {e.filename or e}. If several users share this kachery-cloud directory, its "
+                "owner makes it a lab directory with `kachery-cloud multiuser init DIR --group GROUP`"
             ) from e
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -18,10 +18,16 @@ then the default.
 
 ``api_url`` stays ``None`` when unset so callers can tell "configured" from "default";
 :attr:`ClientConfig.effective_api_url` applies the default.
+
+A directory that other users may write to (not owned by this user, or group- or world-writable) is shared, and
+multiuser mode applies to it whatever the settings say. Its ``config.yaml`` is then read only if it is a regular
+file (not a symlink) of this user's, the directory owner's or root's that nobody else may write: a member who
+could swap it could point a colleague at another server.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +82,13 @@ def kachery_cloud_dir() -> Path:
 def load_config() -> ClientConfig:
     """Read the configuration now (environment over ``config.yaml`` over defaults)."""
     directory = kachery_cloud_dir()
-    file_values = _read_config_file(directory / CONFIG_FILE_NAME)
+    shared_by = _shared_by(directory)
+    file_values = _read_config_file(directory / CONFIG_FILE_NAME, shared_by)
     return ClientConfig(
         dir=directory,
         api_url=_env_str(ENV_API_URL) or file_values.get("api_url"),
         project=_env_str(ENV_PROJECT) or file_values.get("project"),
-        multiuser=_env_bool(ENV_MULTIUSER, default=file_values.get("multiuser", False)),
+        multiuser=shared_by is not None or _env_bool(ENV_MULTIUSER, default=file_values.get("multiuser", False)),
         ephemeral=_env_bool(ENV_EPHEMERAL, default=False),
         quiet=_env_bool(ENV_QUIET, default=False),
         env_client_id=_env_str(ENV_CLIENT_ID),
@@ -113,30 +120,54 @@ _file_cache: dict[Path, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}
 _KEY_TYPES: dict[str, type] = {"api_url": str, "project": str, "multiuser": bool}
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+def _shared_by(directory: Path) -> int | None:
+    """The owner's uid if ``directory`` is shared (others may write to it), else None."""
     try:
-        st = path.stat()
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return st.st_uid if st.st_uid != os.geteuid() or st.st_mode & 0o022 else None
+
+
+def _read_config_file(path: Path, shared_by: int | None = None) -> dict[str, Any]:
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if shared_by is not None else 0)
+    try:
+        fd = os.open(path, flags)
     except FileNotFoundError:
         return {}
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(
+                f"{path} is a symbolic link in a shared directory: it is not followed, since another member could "
+                "point it anywhere; ask the directory's owner to put a real config.yaml there"
+            ) from None
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    cached = _file_cache.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    values = _parse_config_text(path)
+    try:
+        st = os.fstat(fd)
+        if shared_by is not None and (st.st_uid not in (os.geteuid(), shared_by, 0) or st.st_mode & 0o022):
+            raise ConfigError(
+                f"{path} may have been put there by another member of this shared directory (it is owned by uid "
+                f"{st.st_uid}, or others may write it), so it is not used: whoever writes it could point you at "
+                "another server. Ask the directory's owner to run `kachery-cloud multiuser init` on the directory"
+            )
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        cached = _file_cache.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read()
+    finally:
+        os.close(fd)
+    values = _parse_config_text(path, raw)
     _file_cache[path] = (stamp, values)
     return values
 
 
-def _parse_config_text(path: Path) -> dict[str, Any]:
+def _parse_config_text(path: Path, raw: bytes) -> dict[str, Any]:
     import yaml
 
     try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+        data = yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if data is None:

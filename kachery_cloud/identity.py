@@ -4,6 +4,10 @@ The client id is the hex of the raw 32-byte public key. The key pair lives in ``
 ``private.pem`` (PKCS#8, mode 0600, or 0640 in multiuser mode where a lab shares one identity) and
 ``public.pem``; it is generated on first need. CI machines can instead pass ``KACHERY_CLOUD_CLIENT_ID`` and
 ``KACHERY_CLOUD_PRIVATE_KEY`` (64 hex digits of the private key seed, or the PEM text).
+
+In a shared directory the lab's key is made by the directory's owner (``kachery-cloud multiuser init``), and
+used only if it is a regular file of that owner's (or root's, or the reader's own) that no one else may write:
+whoever could replace it would have every member sign as a client of their choosing.
 """
 
 from __future__ import annotations
@@ -75,10 +79,17 @@ def load_identity(config: ClientConfig, *, create: bool = True) -> ClientIdentit
     if config.env_client_id or config.env_private_key:
         return _identity_from_env(config)
     path = config.dir / PRIVATE_KEY_FILE
-    key = _read_private_key_file(path)
+    perms = Permissions(config.multiuser, config.dir)
+    key = _read_private_key_file(path, perms)
     if key is None:
         if not create:
             return None
+        if perms.tree is not None and perms.tree.uid not in (perms.tree.admin_uid, 0):
+            raise ConfigError(
+                f"this shared directory ({config.dir}) has no client key yet, and a member's own would not be "
+                "trusted by the others: its owner makes the lab's key with `kachery-cloud multiuser init "
+                f"{config.dir} --group GROUP`"
+            )
         key = _create_key_files(config)
     return ClientIdentity(client_id=client_id_of(key), private_key=key)
 
@@ -102,9 +113,9 @@ def _identity_from_env(config: ClientConfig) -> ClientIdentity:
     return ClientIdentity(client_id=client_id, private_key=key)
 
 
-def _read_private_key_file(path: Path) -> Ed25519PrivateKey | None:
+def _read_private_key_file(path: Path, perms: Permissions | None = None) -> Ed25519PrivateKey | None:
     try:
-        text = path.read_text(encoding="ascii")
+        text = _read_key_text(path, perms)
     except FileNotFoundError:
         return None
     except PermissionError:
@@ -120,6 +131,24 @@ def _read_private_key_file(path: Path) -> Ed25519PrivateKey | None:
         raise ConfigError(f"{path} is not an Ed25519 private key in PEM form; move it away to make a new one") from None
 
 
+def _read_key_text(path: Path, perms: Permissions | None) -> str:
+    tree = perms.tree if perms is not None else None
+    if tree is None:
+        return path.read_text(encoding="ascii")
+    found = tree.read(path)
+    if found is None:
+        raise FileNotFoundError(path)
+    data, st = found
+    if st.st_uid not in tree.trusted_uids or st.st_mode & 0o022 or st.st_nlink != 1:
+        raise ConfigError(
+            f"the client key {path} of this shared directory belongs to {tree.owner_name(st)} (not to you, to the "
+            "directory's owner or to root) or may be changed by others, so it is not used: whoever can change it "
+            "could make every member sign as a client of their choosing. Ask the directory's owner to run "
+            "`kachery-cloud multiuser init` on it"
+        )
+    return data.decode("ascii")
+
+
 def _create_key_files(config: ClientConfig) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives.serialization import (
         Encoding,
@@ -128,36 +157,35 @@ def _create_key_files(config: ClientConfig) -> Ed25519PrivateKey:
         PublicFormat,
     )
 
-    perms = Permissions(config.multiuser)
-    perms.make_dirs(config.dir)
+    perms = Permissions(config.multiuser, config.dir)
     key = generate_private_key()
     private_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    target = config.dir / PRIVATE_KEY_FILE
-    # Written under a temp name, then hard-linked into place: link fails if another process got there
-    # first, and then its key wins, so concurrent first uses agree on one identity.
-    # Locked until linked, so that another process's sweep of leftovers in this directory leaves it alone.
-    temp, fd = create_locked_temp(config.dir, PRIVATE_KEY_FILE, 0o600)
-    try:
-        os.fchmod(fd, 0o640 if config.multiuser else 0o600)
-        if config.multiuser:
-            with contextlib.suppress(PermissionError):
-                os.fchown(fd, -1, config.dir.stat().st_gid)
-        os.write(fd, private_pem)
-        os.fsync(fd)
+    with perms.directory(config.dir, create=True) as (dir_fd, _):
+        # Written under a temp name, then hard-linked into place: link fails if another process got there
+        # first, and then its key wins, so concurrent first uses agree on one identity.
+        # Locked until linked, so that another process's sweep of leftovers in this directory leaves it alone.
+        temp, fd = create_locked_temp(config.dir, PRIVATE_KEY_FILE, 0o600, dir_fd=dir_fd)
         try:
-            os.link(temp, target)
-        except FileExistsError:
-            existing = _read_private_key_file(target)
-            if existing is None:
-                raise
-            key = existing
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        os.close(fd)  # releases the lock, after the link
+            os.fchmod(fd, 0o640 if config.multiuser else 0o600)
+            if config.multiuser:
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, -1, os.fstat(dir_fd).st_gid)
+            os.write(fd, private_pem)
+            os.fsync(fd)
+            try:
+                os.link(temp.name, PRIVATE_KEY_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                existing = _read_private_key_file(config.dir / PRIVATE_KEY_FILE, perms)
+                if existing is None:
+                    raise
+                key = existing
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp.name, dir_fd=dir_fd)
+            os.close(fd)  # releases the lock, after the link
     public_pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
     public_path = config.dir / PUBLIC_KEY_FILE
     if not public_path.exists():
-        with atomic_write(public_path, perms) as f:
+        with atomic_write(public_path, perms, overwrite=False) as f:
             f.write(public_pem)
     return key

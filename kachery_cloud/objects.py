@@ -6,6 +6,7 @@ a second copy.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from ._connection import require_writable
 from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from .config import ClientConfig, load_config
-from .errors import SerializationError
+from .errors import IntegrityError, SerializationError
 from .files import load_file
 from .protocol.hashing import sha1_of_bytes
 from .protocol.serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
@@ -108,13 +109,19 @@ def load_json(uri: str, local_only: bool = False) -> Any:
 @explain_permission_errors
 def load_npy(uri: str, local_only: bool = False) -> Any:
     """The NumPy array stored at ``uri`` (never unpickling); ``None`` if not available."""
-    path = load_file(uri, local_only=local_only)
+    if load_config().multiuser:  # read once and checked (see _load_bytes_of)
+        data = _load_bytes_of(uri, local_only)
+        return None if data is None else read_npy(io.BytesIO(data))
+    path = load_file(uri, local_only=local_only)  # straight from the file: no second copy in memory
     return None if path is None else read_npy(path)
 
 
 @explain_permission_errors
 def load_pkl(uri: str, local_only: bool = False) -> Any:
     """The object pickled at ``uri``, loaded with a restricted unpickler; ``None`` if not available."""
+    if load_config().multiuser:
+        data = _load_bytes_of(uri, local_only)
+        return None if data is None else read_pickle(io.BytesIO(data))
     path = load_file(uri, local_only=local_only)
     if path is None:
         return None
@@ -135,8 +142,17 @@ def _upload(config: ClientConfig, uri: str) -> str:
 
 
 def _load_bytes_of(uri: str, local_only: bool) -> bytes | None:
+    """The content's bytes, read once. In a shared directory they are hashed as well: a file another member
+    owns was checked when it was found, but its owner could change it before it is read."""
     path = load_file(uri, local_only=local_only)
-    return None if path is None else Path(path).read_bytes()
+    if path is None:
+        return None
+    data = Path(path).read_bytes()
+    if load_config().multiuser:
+        sha1 = parse_uri(uri).sha1
+        if sha1_of_bytes(data) != sha1:
+            raise IntegrityError(f"{path} changed while it was being read: it no longer has SHA-1 {sha1}")
+    return data
 
 
 def _store_bytes_local(data: bytes, label: str | None) -> str:

@@ -7,6 +7,7 @@ import click
 from .feeds import feed
 from .files import cat, link, load, load_info, store, store_local
 from .identity import info, init
+from .multiuser import multiuser
 from .mutables import mutable
 from .tasks import task
 
@@ -17,7 +18,7 @@ def main() -> None:
     """Share scientific data by content hash."""
 
 
-for _command in (store, store_local, load, cat, link, load_info, init, info, mutable, feed, task):
+for _command in (store, store_local, load, cat, link, load_info, init, info, mutable, feed, task, multiuser):
     main.add_command(_command)
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "load",
     "load_info",
     "main",
+    "multiuser",
     "mutable",
     "store",
     "store_local",

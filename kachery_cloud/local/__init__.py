@@ -32,9 +32,9 @@ class LocalDirectory:
 
     def __init__(self, root: Path, *, multiuser: bool = False) -> None:
         self.root = root
-        self.perms = Permissions(multiuser)
-        self.blobs = BlobStore(root / "sha1", root / "tmp" / "locks", self.perms)
+        self.perms = Permissions(multiuser, root)
         self.hash_memo = HashMemo(root / "hash_memo", self.perms)
+        self.blobs = BlobStore(root / "sha1", root / "tmp" / "locks", self.perms, self.hash_memo)
         self.linked_files = LinkedFiles(root / "linked_files" / "sha1", self.perms)
         self.mutables = LocalMutables(root / "mutables", self.perms)
 

@@ -6,10 +6,12 @@ new file, or nothing; never a partial one. A writer holds a ``flock`` on its tem
 The kernel drops that lock when the process dies, even by ``kill -9``, which is how
 :func:`remove_stale_temp_files` tells a dead writer's leftover from a live writer's work in progress.
 
-Multiuser mode (a lab sharing one directory): whatever each user's umask, new directories get the owner's
-permission bits mirrored to the group plus setgid (so everything below inherits the group), and new files
-get the owner's read/write bits mirrored to the group. Blobs stay read-only for everyone. What "others"
-get is still decided by the umask.
+Multiuser mode (a lab sharing one directory): whatever each user's umask, new directories are group-shared
+with setgid (so everything below inherits the group) and, but for mutables, sticky (so that only its owner may
+rename or remove an entry); new files get the owner's read/write bits mirrored to the group. Blobs stay
+read-only for everyone. Every path below the root is reached through :class:`~.tree.SharedTree`, which never
+follows a symlink there. Writes go through directory descriptors (``openat``, ``renameat``), so a link planted
+meanwhile cannot redirect them either.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..errors import LocalFileError
+from .tree import SharedTree
+
 TEMP_SUFFIX = ".part"
 # Exactly the names temp_path_in makes, so that a sweep never touches a user's own ".something.part".
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + r"\Z", re.DOTALL)
@@ -37,25 +42,57 @@ _UNLOCKABLE_TEMP_MAX_AGE_SECONDS = 24 * 3600.0
 
 
 class Permissions:
-    """Creates directories and finishes new files, private to the user or shared with the group."""
+    """Creates directories and finishes new files, private to the user or shared with the group; in a shared
+    directory (``multiuser`` with a ``root``), every path is reached through a :class:`SharedTree`."""
 
-    def __init__(self, multiuser: bool) -> None:
+    def __init__(self, multiuser: bool, root: Path | None = None) -> None:
         self.multiuser = multiuser
+        self.tree = SharedTree(root) if multiuser and root is not None and root.is_dir() else None
+        self._root = root
 
     def make_dirs(self, path: Path) -> None:
         """Create ``path`` and any missing parents; in multiuser mode each one group-shared with setgid."""
+        with self.directory(path, create=True):
+            pass
+
+    @contextlib.contextmanager
+    def directory(self, path: Path, *, create: bool = False) -> Iterator[tuple[int, bool]]:
+        """An fd of the directory ``path`` (made first if ``create``) and whether nobody but the user, the
+        directory's administrator or root can change what is in it (always True outside a shared directory)."""
+        if self.tree is None and self.multiuser and self._root is not None and create:
+            self._root.mkdir(parents=True, exist_ok=True)  # the root of a new shared directory, then the tree
+            self.tree = SharedTree(self._root)
+        if self.tree is not None:
+            with self.tree.directory(path, create=create) as found:
+                yield found
+            return
+        if create and not path.is_dir():
+            if self.multiuser:
+                self._make_shared_dirs(path)
+            else:
+                os.makedirs(path, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd, True
+        finally:
+            os.close(fd)
+
+    def _make_shared_dirs(self, path: Path) -> None:
         if path.is_dir():
             return
-        if not self.multiuser:
-            os.makedirs(path, exist_ok=True)
-            return
-        self.make_dirs(path.parent)
+        self._make_shared_dirs(path.parent)
         # Build the directory under a temporary name and rename it into place, so that no other user ever
         # sees it before its permissions are right (a plain mkdir would be private until the chmod).
         staging = path.parent / f".{short_stem(path.name)}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
         os.mkdir(staging)
         try:
-            self._share_dir(staging, path.parent)
+            st = staging.stat()
+            group = path.parent.stat().st_gid
+            if st.st_gid != group:
+                with contextlib.suppress(PermissionError):
+                    os.chown(staging, -1, group)
+            mode = stat.S_IMODE(st.st_mode)
+            os.chmod(staging, mode | ((mode & 0o700) >> 3) | stat.S_ISGID)
             os.rename(staging, path)
         except OSError as e:
             with contextlib.suppress(OSError):
@@ -63,26 +100,18 @@ class Permissions:
             if not (e.errno in (errno.EEXIST, errno.ENOTEMPTY) and path.is_dir()):
                 raise
 
-    def finish_new_file(self, fd: int, directory: Path) -> None:
-        """Give a file this process just created the group permissions multiuser mode requires."""
+    def finish_new_file(self, fd: int, dir_fd: int) -> None:
+        """Give a file this process just created (in the directory ``dir_fd``) the group permissions multiuser
+        mode requires."""
         if not self.multiuser:
             return
         st = os.fstat(fd)
-        group = directory.stat().st_gid
+        group = os.fstat(dir_fd).st_gid
         if st.st_gid != group:
             with contextlib.suppress(PermissionError):
                 os.fchown(fd, -1, group)
         mode = stat.S_IMODE(st.st_mode)
         os.fchmod(fd, mode | ((mode & 0o600) >> 3))
-
-    def _share_dir(self, path: Path, parent: Path) -> None:
-        st = path.stat()
-        group = parent.stat().st_gid
-        if st.st_gid != group:
-            with contextlib.suppress(PermissionError):
-                os.chown(path, -1, group)
-        mode = stat.S_IMODE(st.st_mode)
-        os.chmod(path, mode | ((mode & 0o700) >> 3) | stat.S_ISGID)
 
 
 def temp_path_in(directory: Path, stem: str) -> Path:
@@ -96,18 +125,20 @@ def short_stem(name: str) -> str:
     return name.encode("utf-8")[:100].decode("utf-8", "ignore")
 
 
-def create_locked_temp(directory: Path, stem: str, mode: int) -> tuple[Path, int]:
-    """A new temp file (path, fd), created and then locked; the lock lasts until the fd is closed, which must
-    come after the file is renamed or linked into place. Between creating and locking, a sweeper may see it
-    unlocked and delete it: then the name no longer leads to our file, and we start again under a new name."""
+def create_locked_temp(directory: Path, stem: str, mode: int, *, dir_fd: int | None = None) -> tuple[Path, int]:
+    """A new temp file (path, fd) in ``directory`` (reached through ``dir_fd`` if given), created and then
+    locked; the lock lasts until the fd is closed, which must come after the file is renamed or linked into
+    place. Between creating and locking, a sweeper may see it unlocked and delete it: then the name no longer
+    leads to our file, and we start again under a new name."""
     while True:
         path = temp_path_in(directory, stem)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        name: str | Path = path.name if dir_fd is not None else path
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode, dir_fd=dir_fd)
         try:
             if not _lock_blocking(fd):
                 return path, fd  # no locks on this filesystem: sweepers go by age alone
             with contextlib.suppress(FileNotFoundError):
-                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                     return path, fd
         except BaseException:
             os.close(fd)
@@ -129,15 +160,25 @@ def _lock_blocking(fd: int) -> bool:
 class TempFile:
     """A new file under a temporary name, locked while open, that :meth:`commit` renames into place.
 
-    Leaving the ``with`` block without committing (or through an exception) deletes it.
+    Leaving the ``with`` block without committing (or through an exception) deletes it. Every step goes
+    through the descriptor of its directory, so nothing renamed or linked meanwhile can redirect it.
     """
 
     def __init__(self, directory: Path, perms: Permissions, *, stem: str, read_only: bool = False) -> None:
-        perms.make_dirs(directory)
-        self.path, self._fd = create_locked_temp(directory, stem, 0o444 if read_only else 0o666)
+        self.perms = perms
+        self.directory = directory
         self._done = False
+        self._stack = contextlib.ExitStack()
         try:
-            perms.finish_new_file(self._fd, directory)
+            self._dir_fd, _ = self._stack.enter_context(perms.directory(directory, create=True))
+            self.path, self._fd = create_locked_temp(
+                directory, stem, 0o444 if read_only else 0o666, dir_fd=self._dir_fd
+            )
+        except BaseException:
+            self._stack.close()
+            raise
+        try:
+            perms.finish_new_file(self._fd, self._dir_fd)
             self.file: BinaryIO = _WritebackFile(self._fd)  # type: ignore[assignment]
         except BaseException:
             self.discard()
@@ -147,23 +188,39 @@ class TempFile:
         """Move the content to ``target`` (same filesystem); fsync first if ``durable``.
 
         With ``overwrite=False`` an existing ``target`` is kept and this content dropped (for content-addressed
-        files, where both are identical).
+        files, where both are identical; in a shared directory the one there may be another member's, which
+        its readers check).
         """
         self.file.flush()
         if durable:
             self.file.wait_for_writeback()  # type: ignore[attr-defined]
             os.fsync(self._fd)
-        if not overwrite and target.exists():
-            self.discard()
-            return
-        os.replace(self.path, target)
+        with contextlib.ExitStack() as stack:
+            target_fd = self._dir_fd
+            if target.parent != self.directory:
+                target_fd, _ = stack.enter_context(self.perms.directory(target.parent, create=True))
+            if not overwrite and _exists(target.name, target_fd):
+                self.discard()
+                return
+            try:
+                os.replace(self.path.name, target.name, src_dir_fd=self._dir_fd, dst_dir_fd=target_fd)
+            except PermissionError:
+                # A sticky shared directory: the file there belongs to another member, who alone may replace it.
+                if overwrite:
+                    self.discard()
+                    raise LocalFileError(
+                        f"cannot replace {target}: in a shared directory only the member who wrote it (or the "
+                        "directory's owner) may"
+                    ) from None
+                self.discard()
+                return
         self._close()
 
     def discard(self) -> None:
         if self._done:
             return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            os.unlink(self.path.name, dir_fd=self._dir_fd)
         self._close()
 
     def _close(self) -> None:
@@ -172,12 +229,21 @@ class TempFile:
             self.file.wait_for_writeback()  # type: ignore[attr-defined]
             self.file.close()
         os.close(self._fd)  # releases the lock, after the rename
+        self._stack.close()
 
     def __enter__(self) -> TempFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.discard()
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 class _WritebackFile(io.BufferedWriter):
@@ -228,7 +294,7 @@ def atomic_write(
     rename so that a power loss cannot leave a short file under the final name. With ``overwrite=False`` an
     existing ``target`` is kept and the new content discarded (content-addressed files are identical).
     """
-    sweep_once(target.parent)
+    sweep_once(target.parent, perms)
     with TempFile(target.parent, perms, stem=target.name, read_only=read_only) as temp:
         yield temp.file
         temp.commit(target, durable=durable, overwrite=overwrite)
@@ -239,34 +305,37 @@ def atomic_write(
 _swept: set[Path] = set()
 
 
-def sweep_once(directory: Path, *, with_subdirectories: bool = False) -> None:
+def sweep_once(directory: Path, perms: Permissions, *, with_subdirectories: bool = False) -> None:
     """Remove the leftovers of dead writers in ``directory`` (and its direct subdirectories), the first time
     this process writes there."""
     if directory in _swept:
         return
-    remove_stale_temp_files(directory)
+    subdirectories = remove_stale_temp_files(directory, perms)
     if with_subdirectories:
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(directory):
-                if entry.is_dir(follow_symlinks=False) and not _TEMP_NAME.match(entry.name):
-                    sweep_once(Path(entry.path))
+        for name in subdirectories:
+            sweep_once(directory / name, perms)
     _swept.add(directory)
 
 
-def remove_stale_temp_files(directory: Path) -> None:
-    """Delete temp files in ``directory`` whose writer has died."""
+def remove_stale_temp_files(directory: Path, perms: Permissions) -> list[str]:
+    """Delete temp files in ``directory`` whose writer has died (in a shared directory, those of this user:
+    only a file's owner may remove it there). Returns the names of the subdirectories seen."""
+    subdirectories: list[str] = []
     try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        if _TEMP_NAME.match(name):
-            _remove_if_abandoned(directory / name)
+        with perms.directory(directory) as (dir_fd, _trusted), os.scandir(dir_fd) as entries:
+            for entry in entries:
+                if _TEMP_NAME.match(entry.name):
+                    _remove_if_abandoned(entry.name, dir_fd)
+                elif entry.is_dir(follow_symlinks=False):
+                    subdirectories.append(entry.name)
+    except (OSError, LocalFileError):
+        pass
+    return subdirectories
 
 
-def _remove_if_abandoned(path: Path) -> None:
+def _remove_if_abandoned(name: str, dir_fd: int) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError:
         return  # gone already, or not ours to read
     try:
@@ -279,7 +348,7 @@ def _remove_if_abandoned(path: Path) -> None:
             return  # a live writer holds it
         if locked is None and age < _UNLOCKABLE_TEMP_MAX_AGE_SECONDS:
             return
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
     finally:

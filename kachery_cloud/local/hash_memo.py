@@ -4,6 +4,10 @@ An entry is keyed by the file's (device, inode, size, mtime_ns) and also records
 updates on every write and which no tool can set back: a file rewritten in place with the same size and a
 restored mtime (``cp -p``, ``touch -d``) is hashed again. Entries live at ``hash_memo/<kk>/<key>`` as small
 JSON files written atomically; a missing or unreadable entry just means hashing the file again.
+
+In a shared directory an entry is trusted only if the reading user wrote it: another member could plant one
+for a colleague's file (its stat is all that takes) and make her ``store_file`` return a URI of the planter's
+choosing without uploading her data. Its key there includes the user's uid, so members never share entries.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ class HashMemo:
         if fingerprint.size < MEMO_MIN_BYTES:
             return None
         try:
-            record = json.loads(self._entry_path(fingerprint).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            record = json.loads(self._read_own(self._entry_path(fingerprint)))
+        except (OSError, ValueError, LocalFileError):
             return None
         if not isinstance(record, dict) or record.get("fingerprint") != asdict(fingerprint):
             return None
@@ -65,9 +69,15 @@ class HashMemo:
         # Not fsynced: an entry lost or torn by a power failure is unreadable JSON, which means "hash again".
         # Entries are spread over 256 directories, one of which may not be written again for a long time:
         # the next process to write any entry removes a killed writer's leftover in all of them.
-        sweep_once(self.directory, with_subdirectories=True)
-        with atomic_write(self._entry_path(fingerprint), self.perms, durable=False) as f:
-            f.write(json.dumps(record).encode("utf-8"))
+        sweep_once(self.directory, self.perms, with_subdirectories=True)
+        try:
+            with atomic_write(self._entry_path(fingerprint), self.perms, durable=False) as f:
+                f.write(json.dumps(record).encode("utf-8"))
+        except LocalFileError:
+            # In a shared directory another member may have made the entry's directory unusable, or taken its
+            # name: the memo only saves reading a file again, so it goes without.
+            if not self.perms.multiuser:
+                raise
 
     def hash_file(self, path: Path, st: os.stat_result, on_progress: ProgressCallback | None = None) -> str:
         """SHA-1 of the regular file ``path`` whose current stat is ``st``, from the memo when possible.
@@ -84,6 +94,21 @@ class HashMemo:
         self.put(before, sha1, path)
         return sha1
 
+    def _read_own(self, path: Path) -> bytes:
+        tree = self.perms.tree
+        if tree is None:
+            return path.read_bytes()
+        found = tree.read(path)
+        if found is None:
+            raise FileNotFoundError(path)
+        data, st = found
+        if st.st_uid != tree.uid:
+            raise LocalFileError(f"{path} was written by another user")  # not trusted, whatever it says
+        return data
+
     def _entry_path(self, fp: FileFingerprint) -> Path:
-        key = hashlib.sha1(f"{fp.dev}:{fp.ino}:{fp.size}:{fp.mtime_ns}".encode()).hexdigest()
+        identity = f"{fp.dev}:{fp.ino}:{fp.size}:{fp.mtime_ns}"
+        if self.perms.multiuser:
+            identity += f":uid{os.geteuid()}"
+        key = hashlib.sha1(identity.encode()).hexdigest()
         return self.directory / key[:2] / key

@@ -2,6 +2,11 @@
 
 Writes are atomic (temp file + rename, fsynced), so a reader sees the old or the new value, never a mix.
 A folder is deleted by renaming it aside first, so readers see all of its keys or none.
+
+In a shared directory mutables are shared values: any member may set or delete any of them (their directories
+are not sticky). What no member can do is redirect another's reads or writes: nothing under ``mutables/`` is
+followed as a symlink (a link planted at ``mutables/@folder`` is refused), and every step goes through the
+descriptor of its directory.
 """
 
 from __future__ import annotations
@@ -25,9 +30,13 @@ class LocalMutables:
 
     def get(self, key: str) -> str | None:
         path = self.directory.joinpath(*validate_mutable_key(key))
+        tree = self.perms.tree
         try:
-            return path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
+            if tree is None:
+                return path.read_bytes().decode("utf-8")
+            found = tree.read(path)
+            return None if found is None else found[0].decode("utf-8")
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def set(self, key: str, value: str) -> None:
@@ -40,19 +49,21 @@ class LocalMutables:
         """Delete ``key``; return whether it existed."""
         path = self.directory.joinpath(*validate_mutable_key(key))
         try:
-            os.unlink(path)
+            with self.perms.directory(path.parent) as (dir_fd, _):
+                os.unlink(path.name, dir_fd=dir_fd)
             return True
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return False
 
     def delete_folder(self, folder_key: str) -> bool:
         """Delete every key under ``folder_key``; return whether the folder existed."""
         path = self.directory.joinpath(*validate_folder_key(folder_key))
-        doomed = path.parent / f".{short_stem(path.name)}.{secrets.token_hex(6)}.deleting{TEMP_SUFFIX}"
+        doomed = f".{short_stem(path.name)}.{secrets.token_hex(6)}.deleting{TEMP_SUFFIX}"
         try:
-            os.rename(path, doomed)
-        except FileNotFoundError:
+            with self.perms.directory(path.parent) as (dir_fd, _):
+                os.rename(path.name, doomed, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.rmtree(doomed, dir_fd=dir_fd)  # by descriptors: no link inside is followed
+        except (FileNotFoundError, NotADirectoryError):
             return False
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(doomed)
         return True

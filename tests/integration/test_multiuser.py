@@ -124,22 +124,42 @@ def test_two_users_with_umask_077_share_one_directory(lab: tuple[list[LabUser], 
     assert_shared_permissions(shared, alice.lab_gid)
 
 
-def test_without_multiuser_mode_the_other_user_gets_an_explanation(
+def test_a_directory_others_may_write_to_is_shared_even_without_multiuser_in_its_config(
     lab: tuple[list[LabUser], str, dict[str, str], Path],
 ) -> None:
+    """kachery-cloud's issue #9: a group directory without ``multiuser: true`` left files colleagues could not
+    read. A directory that others may write to is shared whatever its config says."""
     (alice, bob), interpreter, env, base = lab
     shared = base / "not-multiuser"
     shared.mkdir()
     os.chown(shared, 0, alice.lab_gid)
     shared.chmod(0o2770)
     env = {**env, "KACHERY_CLOUD_DIR": str(shared), "KACHERY_CLOUD_QUIET": "1"}
+    stored = run_as(alice, interpreter, "import kachery_cloud as kcl; print(kcl.store_text_local('shared'))", env)
+    assert stored.returncode == 0, stored.stderr
+    code = "import sys, kachery_cloud as kcl; print(kcl.load_text(sys.argv[1]))"
+    loaded = run_as(bob, interpreter, code, env, stored.stdout.strip())
+    assert (loaded.returncode, loaded.stdout.strip()) == (0, "shared"), loaded.stderr
+
+
+def test_a_colleague_without_access_gets_an_explanation(
+    lab: tuple[list[LabUser], str, dict[str, str], Path],
+) -> None:
+    """Alice's own directory, which her group may read but not write: bob cannot use her private files, and is
+    told how a directory is shared."""
+    (alice, bob), interpreter, env, base = lab
+    private = base / "alices-own"
+    private.mkdir()
+    os.chown(private, alice.uid, alice.lab_gid)
+    private.chmod(0o750)
+    env = {**env, "KACHERY_CLOUD_DIR": str(private), "KACHERY_CLOUD_QUIET": "1"}
     stored = run_as(alice, interpreter, "import kachery_cloud as kcl; print(kcl.store_text_local('private'))", env)
     assert stored.returncode == 0, stored.stderr
     code = "import sys, kachery_cloud as kcl; kcl.load_text(sys.argv[1])"
     loaded = run_as(bob, interpreter, code, env, stored.stdout.strip())
     assert loaded.returncode == 1
-    assert "kachery_cloud.errors.LocalFileError: permission denied" in loaded.stderr
-    assert "set 'multiuser: true' in its config.yaml" in loaded.stderr
+    assert "kachery_cloud.errors.LocalFileError:" in loaded.stderr
+    assert "belongs to kctestalice, who did not open it to the group" in loaded.stderr
 
 
 def own_copy_of_alices_data(base: Path, user: LabUser) -> str:
