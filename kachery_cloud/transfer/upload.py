@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+import requests
+
 from ..api import blobs as blobs_api
 from ..api.blobs import UploadPlan
 from ..api.client import ApiClient
@@ -114,8 +116,14 @@ class _Sender:
         def target(refresh: bool) -> tuple[str, dict[str, str]]:
             return self._url(plan, part_number, refresh=refresh)
 
+        # A single PUT is signed with If-None-Match: * where the store honours it, so 412 means the object is
+        # already there (a retry whose first answer was lost, or another client storing the same blob): the
+        # completion then checks what the store holds, so it is not taken on trust.
+        def accepted(r: requests.Response) -> bool:
+            return r.status_code == 200 or (part_number == 0 and r.status_code == 412)
+
         try:
-            response = send_with_retries("PUT", target, what, lambda r: r.status_code == 200, data=data)
+            response = send_with_retries("PUT", target, what, accepted, data=data)
         except StoreRequestError as error:
             if error.code in ("BadDigest", "InvalidDigest"):
                 raise IntegrityError(

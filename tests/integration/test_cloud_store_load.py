@@ -11,6 +11,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from kachery_cloud.api import blobs as blobs_api
 from kachery_cloud.api.blobs import FoundBlob
 from kachery_cloud.config import load_config
 from kachery_cloud.local import LocalDirectory
+from kachery_cloud.transfer import upload as upload_module
 from kachery_cloud.transfer.upload import upload_files
 
 from ..helpers import act_as, bytes_read_by_this_process, switch_client
@@ -151,6 +153,32 @@ def test_completing_one_upload_twice_at_once_keeps_the_blob(cloud_client: Runnin
     assert "stored" in statuses and set(statuses) <= {"stored", "not_found"}
     found, _ = blobs_api.find(api, [sha1], None)
     assert requests.get(found[sha1].url, timeout=30).content == data
+
+
+def test_a_put_whose_first_answer_was_lost_is_not_a_failure(
+    cloud_client: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the store honours If-None-Match: * (signed into the PUT URL: SeaweedFS here, and the embedded store
+    unless told to re-hash), a retry after a lost answer, or a colleague storing the same blob first, gets 412:
+    the object is there, and the completion still checks it."""
+    source = random_file(tmp_path / "one.bin", 1 * MIB)
+    sha1 = hashlib.sha1(source.read_bytes()).hexdigest()
+    real_put = upload_module._Sender._put
+    first_answers: list[int] = []
+
+    def put_twice(sender: Any, plan: Any, part_number: int, data: memoryview, path: Path) -> str:
+        headers = plan.headers if part_number == 0 else {}
+        url = plan.url if part_number == 0 else plan.part_urls[part_number]
+        first_answers.append(requests.put(url, data=bytes(data), headers=headers, timeout=30).status_code)
+        return real_put(sender, plan, part_number, data, path)
+
+    monkeypatch.setattr(upload_module._Sender, "_put", put_twice)
+    uri = kcl.store_file(source)
+    assert first_answers == [200]
+    switch_client(monkeypatch, tmp_path / "reader")
+    assert kcl.load_bytes(uri) == source.read_bytes()
+    found, _ = blobs_api.find(api_client(), [sha1], None)
+    assert found[sha1].size == source.stat().st_size
 
 
 def test_content_that_does_not_match_its_hash_is_never_served(
