@@ -124,3 +124,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="write the figures the reliability checks measured (runs, faults, errors, data lost) to PATH as JSON",
     )
+
+
+SOAK_TIMEOUT_SECONDS = 3600  # a soak check runs for many minutes (200 kills, a 10-minute load); 300 s is for the rest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("soak"):
+        return
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SOAK_TIMEOUT_SECONDS))

@@ -94,9 +94,10 @@ class RestartableStore:
         raise AssertionError("the store did not start")
 
     def kill(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        """kill -9 the store if it runs (the test's last round may have left it killed)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def s3_settings(self) -> dict[str, str]:
         return {
