@@ -22,12 +22,12 @@ def api_client(config: ClientConfig | None = None) -> ApiClient:
     from .api.client import ApiClient
 
     config = config or load_config()
-    key = (config.effective_api_url, str(config.dir), config.env_client_id, config.ephemeral)
+    key = (config.effective_api_url, str(config.dir), config.env_client_id, config.ephemeral, config.retry_sec)
     with _lock:
         client = _clients.get(key)
         if client is None:
             identity = None if config.ephemeral else load_identity(config, create=True)
-            client = ApiClient(config.effective_api_url, identity)
+            client = ApiClient(config.effective_api_url, identity, unreachable_budget_sec=config.retry_sec)
             _clients[key] = client
         return client
 

@@ -43,9 +43,12 @@ ENV_EPHEMERAL = "KACHERY_CLOUD_EPHEMERAL"
 ENV_QUIET = "KACHERY_CLOUD_QUIET"
 ENV_CLIENT_ID = "KACHERY_CLOUD_CLIENT_ID"
 ENV_PRIVATE_KEY = "KACHERY_CLOUD_PRIVATE_KEY"
+ENV_RETRY_SEC = "KACHERY_CLOUD_RETRY_SEC"
 
 CONFIG_FILE_NAME = "config.yaml"
 DEFAULT_DIR = "~/.kachery-cloud"
+# How long an API server that cannot be reached is retried: long enough to ride out its restart.
+DEFAULT_RETRY_SEC = 20.0
 # Where ``kachery-cloud-server start`` listens by default.
 DEFAULT_API_URL = "http://127.0.0.1:7733"
 
@@ -66,6 +69,8 @@ class ClientConfig:
     # An identity given by the environment (CI machines) instead of the key files in ``dir``.
     env_client_id: str | None = None
     env_private_key: str | None = field(default=None, repr=False)
+    # Seconds to keep retrying an API server that cannot be reached (CI may want to fail fast).
+    retry_sec: float = DEFAULT_RETRY_SEC
 
     @property
     def effective_api_url(self) -> str:
@@ -93,12 +98,26 @@ def load_config() -> ClientConfig:
         quiet=_env_bool(ENV_QUIET, default=False),
         env_client_id=_env_str(ENV_CLIENT_ID),
         env_private_key=_env_str(ENV_PRIVATE_KEY),
+        retry_sec=_env_seconds(ENV_RETRY_SEC, default=DEFAULT_RETRY_SEC),
     )
 
 
 def _env_str(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None
+
+
+def _env_seconds(name: str, *, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:  # also refuses nan and inf
+        raise ConfigError(f"environment variable {name}={raw!r} is not a number of seconds from 0 to 86400")
+    return value
 
 
 def _env_bool(name: str, *, default: bool) -> bool:

@@ -8,8 +8,8 @@ Retry policy (exponential backoff with jitter, at most ``max_attempts`` tries):
 - other 5xx, read timeouts and connections dropped mid-request: retried only for idempotent calls, since the
   server may have acted on the first attempt.
 
-A server that cannot be reached at all (connection refused, or dropped for an idempotent call) is tried for
-at least ``unreachable_budget_sec`` (20 s), beyond ``max_attempts``: long enough to ride out a restart.
+A server that cannot be reached at all (connection refused, or dropped for an idempotent call) is tried
+for ``unreachable_budget_sec`` (20 s; ``KACHERY_CLOUD_RETRY_SEC``): long enough to ride out a restart.
 
 Each attempt is signed afresh (new timestamp and nonce): resending the same signature would be refused as a
 replay. Signatures name the server they are for (its id, from ``GET /api/health``, asked once per client):
@@ -165,12 +165,13 @@ class ApiClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _should_stop(self, retry_state: tenacity.RetryCallState) -> bool:
-        if retry_state.attempt_number < self.max_attempts:
-            return False
+        # A server that cannot be reached is tried for unreachable_budget_sec (a restart takes seconds, and
+        # KACHERY_CLOUD_RETRY_SEC lets CI fail fast); any other retryable failure max_attempts times.
         outcome = retry_state.outcome
         failure = outcome.exception() if outcome is not None else None
-        unreachable = isinstance(failure, _RetryableFailure) and failure.unreachable
-        return not unreachable or (retry_state.seconds_since_start or 0.0) >= self.unreachable_budget_sec
+        if isinstance(failure, _RetryableFailure) and failure.unreachable:
+            return (retry_state.seconds_since_start or 0.0) >= self.unreachable_budget_sec
+        return retry_state.attempt_number >= self.max_attempts
 
     def _attempt(
         self,

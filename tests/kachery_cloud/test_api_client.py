@@ -163,14 +163,29 @@ def test_an_unreachable_server_names_the_url(monkeypatch: pytest.MonkeyPatch) ->
     assert "KACHERY_CLOUD_API_URL" in str(error.value)
 
 
-def test_kcl_functions_report_an_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("retry_sec", [None, "2"])
+def test_kcl_functions_report_an_unreachable_server(retry_sec: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After 20 s by default (long enough for a restart), or after KACHERY_CLOUD_RETRY_SEC."""
     url = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("KACHERY_CLOUD_API_URL", url)
+    if retry_sec is not None:
+        monkeypatch.setenv("KACHERY_CLOUD_RETRY_SEC", retry_sec)
     from kachery_cloud._connection import forget_clients
 
     forget_clients()
+    started = time.monotonic()
     with pytest.raises(kcl.ServerUnreachableError, match="connection refused"):
         kcl.get_client_info()
+    waited = time.monotonic() - started
+    budget = 20.0 if retry_sec is None else float(retry_sec)
+    assert budget <= waited < budget + 25, waited  # the last pause may start just before the budget ends
+
+
+def test_a_bad_retry_setting_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ("soon", "-1", "nan", "1e9"):
+        monkeypatch.setenv("KACHERY_CLOUD_RETRY_SEC", bad)
+        with pytest.raises(kcl.ConfigError, match="KACHERY_CLOUD_RETRY_SEC"):
+            kcl.get_client_info()
 
 
 def test_a_server_that_never_answers_is_reported_after_retries() -> None:

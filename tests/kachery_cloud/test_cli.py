@@ -66,7 +66,10 @@ def test_link_command_prints_a_uri_that_loads_the_original(tmp_path: Path) -> No
         (("kachery-cloud-link", "/no/such/file"), "no such file"),
     ],
 )
-def test_errors_are_one_line_messages_with_a_nonzero_exit(args: tuple[str, ...], message: str) -> None:
+def test_errors_are_one_line_messages_with_a_nonzero_exit(
+    args: tuple[str, ...], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KACHERY_CLOUD_RETRY_SEC", "1")  # no server listens: do not wait 20 s for one
     result = run(*args)
     assert result.returncode == 1
     assert message in result.stderr

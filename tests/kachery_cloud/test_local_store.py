@@ -57,6 +57,7 @@ def test_missing_content_is_none_locally_and_needs_a_server_otherwise(monkeypatc
     for load in (kcl.load_file, kcl.load_text, kcl.load_json, kcl.load_npy, kcl.load_pkl, kcl.load_file_info):
         assert load(MISSING, local_only=True) is None
     monkeypatch.setenv("KACHERY_CLOUD_API_URL", f"http://127.0.0.1:{free_port()}")  # nobody listens there
+    monkeypatch.setenv("KACHERY_CLOUD_RETRY_SEC", "1")
     with pytest.raises(NotConnectedError, match=r"is not in the local store .*cannot reach .*local_only=True"):
         kcl.load_file(MISSING)
     with pytest.raises(NotFoundError):
