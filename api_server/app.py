@@ -26,7 +26,8 @@ from .web import pages
 
 log = logging.getLogger("kachery_cloud_server")
 
-_HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+# Errors raised by the framework itself (400: a body it could not parse, e.g. JSON nested past the parser's depth).
+_HTTP_ERROR_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 def create_app(context: ServerContext) -> FastAPI:

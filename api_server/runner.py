@@ -127,6 +127,8 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
             store = f"embedded nanio at {s3.endpoint_url}" if embedded else f"{s3.endpoint_url} bucket {s3.bucket}"
             if context.blobs.store_checks_sha1:
                 store += "\n  uploads: single PUTs checked by the store's SHA-1 check, multipart uploads re-hashed"
+            elif settings.verify_uploads == "rehash":
+                store += "\n  uploads: re-hashed on this server (verify_uploads: rehash)"
             else:
                 store += "\n  uploads: re-hashed on this server (the store does not check SHA-1 checksums)"
             print(

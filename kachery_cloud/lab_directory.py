@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import CONFIG_FILE_NAME, ClientConfig
-from .errors import InvalidArgumentError, LocalFileError
+from .errors import ConfigError, InvalidArgumentError, LocalFileError
 
 STICKY_DIR_MODE = 0o770 | stat.S_ISGID | stat.S_ISVTX
 SHARED_DIR_MODE = 0o770 | stat.S_ISGID  # mutables: members change each other's values
@@ -52,9 +52,17 @@ def init_lab_directory(
     path: str | os.PathLike[str], group: str, *, api_url: str | None = None, project: str | None = None
 ) -> LabDirectory:
     """Make (or repair) a client directory that the members of the Unix group ``group`` share safely."""
+    root = Path(os.path.abspath(os.path.expanduser(path)))
+    try:
+        return _init(root, group, api_url=api_url, project=project)
+    except OSError as e:  # e.g. chown onto a file system that refuses it: a message, not a traceback
+        where = e.filename or root
+        raise LocalFileError(f"cannot make the lab directory {root}: {e.strerror or e} ({where})") from None
+
+
+def _init(root: Path, group: str, *, api_url: str | None, project: str | None) -> LabDirectory:
     from .identity import load_identity
 
-    root = Path(os.path.abspath(os.path.expanduser(path)))
     gid = _group_id(group)
     me = os.geteuid()
     if me != 0 and gid not in os.getgroups() and gid != os.getegid():
@@ -81,7 +89,11 @@ def init_lab_directory(
     _write_config(lab, root / CONFIG_FILE_NAME, gid, me, api_url=api_url, project=project)
     config = ClientConfig(dir=root, api_url=api_url, project=project, multiuser=True, ephemeral=False, quiet=True)
     had_key = (root / "private.pem").exists()
-    identity = load_identity(config, create=True)
+    try:
+        identity = load_identity(config, create=True)
+    except ConfigError as e:  # a key another member made or can change: report it, repair the rest
+        lab.not_repaired.append(str(e))
+        return lab
     assert identity is not None
     lab.client_id = identity.client_id
     for name in ("private.pem", "public.pem"):

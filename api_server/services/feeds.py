@@ -254,8 +254,11 @@ def _check_message(feed_id: str, index: int, body: str, signature: str, client_i
     try:
         value = json.loads(body)
         canonical = canonical_json_bytes(value).decode("ascii")
-    except (ValueError, KacheryCloudError, RecursionError):
-        raise InvalidRequest(f"message {index} is not valid JSON", error_code="invalid_message") from None
+    except RecursionError:
+        raise InvalidRequest(f"message {index} is nested too deeply", error_code="invalid_message") from None
+    except (ValueError, KacheryCloudError) as e:
+        reason = "is nested too deeply" if "deep" in str(e) else "is not valid JSON"
+        raise InvalidRequest(f"message {index} {reason}", error_code="invalid_message") from None
     if not isinstance(value, dict) or canonical != body:
         raise InvalidRequest(
             f"message {index} must be a JSON object in canonical form (sorted keys, no spaces, ASCII)",

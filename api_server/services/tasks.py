@@ -135,9 +135,9 @@ class TaskService:
             if row is None or (task_type == "calculation" and row.state in ("error", "cancelled")):
                 _require_requester(session, project, caller)
                 if row is None:
-                    charge_or_refuse(session, project.id, len(body), f"the input of task {task_name}")
+                    charge_or_refuse(session, project.id, _bytes(body), f"the input of task {task_name}")
                 elif row.result_json:
-                    charge(session, project.id, -len(row.result_json))
+                    charge(session, project.id, -_bytes(row.result_json))
                 if row is None:
                     row = Task(
                         project_id=project.id,
@@ -423,7 +423,7 @@ class TaskService:
                     raise InvalidRequest(f"project {project_id} holds no blob {result_sha1}; upload the result first",
                                          error_code="result_not_stored")  # fmt: skip
                 if result_json is not None:  # the copy on the task's row, beside the blob
-                    charge_or_refuse(session, project_id, len(result_json), f"the result of task {row.task_name}")
+                    charge_or_refuse(session, project_id, _bytes(result_json), f"the result of task {row.task_name}")
                 _change(row, news=True, state="finished", result_sha1=result_sha1, result_size=blob.size,
                         result_json=result_json, lease_expires_at_ms=None)  # fmt: skip
             else:
@@ -614,3 +614,8 @@ async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+def _bytes(text: str | bytes) -> int:
+    """The bytes a stored text takes (what usage.stored_by_kind counts), not its characters."""
+    return len(text.encode("utf-8")) if isinstance(text, str) else len(text)

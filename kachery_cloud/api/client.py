@@ -229,7 +229,13 @@ class ApiClient:
         error = self._error_from(response, method, path)
         status = response.status_code
         if status in (429, 503) or (status >= 500 and idempotent):
-            raise _RetryableFailure(error, retry_after=_retry_after(response))
+            retry_after = _retry_after(response)
+            if retry_after is not None and retry_after > _MAX_RETRY_AFTER_SEC:
+                # Told to come back in many minutes (e.g. too many pending registrations): say so now rather
+                # than block for that long.
+                error.args = (f"{error} (the server asks to try again in {retry_after / 60:.0f} minutes)",)
+                raise error
+            raise _RetryableFailure(error, retry_after=retry_after)
         raise error
 
     def _error_from(self, response: requests.Response, method: str, path: str) -> ServerError:
@@ -270,7 +276,8 @@ def _retry_after(response: requests.Response) -> float | None:
     if raw is None:
         return None
     try:
-        return min(_MAX_RETRY_AFTER_SEC, max(0.0, float(raw)))
+        value = float(raw)
+        return max(0.0, value) if value == value else None  # nan: not a number of seconds
     except ValueError:
         return None  # the HTTP-date form is not used by our server
 

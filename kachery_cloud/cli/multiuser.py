@@ -29,7 +29,7 @@ def init(directory: str, group: str, api_url: str | None, project: str | None) -
             click.echo(f"  {what} {entry}")
     for problem in lab.not_repaired:
         click.echo(f"  warning: {problem}", err=True)
-    click.echo(f"  the lab's client id: {lab.client_id}")
+    click.echo(f"  the lab's client id: {lab.client_id or '(none: see the warnings)'}")
     click.echo(
         "Members use it with:\n"
         f"  export KACHERY_CLOUD_DIR={lab.path}\n"

@@ -120,6 +120,15 @@ def test_429_is_retried_then_reported(fake: tuple[str, Script]) -> None:
     assert len(script.requests) == 3
 
 
+def test_a_retry_after_of_many_minutes_is_reported_at_once(fake: tuple[str, Script]) -> None:
+    url, script = fake  # e.g. too many pending registrations from this address: 15 minutes
+    script.responses = [(429, {"error_code": "rate_limited", "message": "too many"}, {"Retry-After": "900"})]
+    started = time.monotonic()
+    with pytest.raises(kcl.RateLimitedError, match="try again in 15 minutes"):
+        ApiClient(url, new_identity(), max_attempts=3).call("GET", "/api/x")
+    assert len(script.requests) == 1 and time.monotonic() - started < 10
+
+
 def test_500_is_retried_only_for_idempotent_calls(fake: tuple[str, Script]) -> None:
     url, script = fake
     script.responses = [(500, {"error_code": "internal_error", "message": "boom"}, {})]

@@ -1,5 +1,6 @@
 """The installed commands, run as a user would run them."""
 
+import grp
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import pytest
 
 from ..helpers import BIN
 from ..helpers import run_cli as run
+
+MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
 
 def test_store_local_load_cat_and_load_info(tmp_path: Path, kachery_dir: Path) -> None:
@@ -64,6 +67,8 @@ def test_link_command_prints_a_uri_that_loads_the_original(tmp_path: Path) -> No
         (("kachery-cloud-store-local", "/no/such/file"), "no such file"),
         (("kachery-cloud-store-local", "/"), "is a directory"),
         (("kachery-cloud-link", "/no/such/file"), "no such file"),
+        (("kachery-cloud", "multiuser", "init", "/proc/self/lab", "--group", MY_GROUP), "cannot make the lab"),
+        (("kachery-cloud", "multiuser", "init", "/tmp/lab", "--group", "no-such-group-kc"), "no-such-group-kc"),
     ],
 )
 def test_errors_are_one_line_messages_with_a_nonzero_exit(
