@@ -7,7 +7,8 @@ SeaweedFS refuse and nanio alone does not:
   (``X-Amz-SignedHeaders`` of a presigned URL, ``SignedHeaders`` of an ``Authorization`` header). Otherwise a
   client holding a presigned URL could turn it into something the server never signed: a copy of another
   project's object (``x-amz-copy-source``), metadata the server trusts, an encoding that changes the bytes
-  readers get.
+  readers get. ``Content-Type`` is let through unsigned (tools such as s5cmd send one); it changes no byte,
+  but a public URL serves it back as sent.
 - **copies**, signed or not: the API server never copies objects.
 - **a PUT body whose SHA-1 differs from its ``x-amz-checksum-sha1``**, hashed as the body streams through; if it
   does not match, nanio's write fails before the object is renamed into place and the client gets BadDigest.

@@ -95,7 +95,7 @@ def stream_blob(
     failures = 0
     error: StoreRequestError | None = None
     while failures < MAX_ATTEMPTS:
-        headers = {}
+        headers = {"Accept-Encoding": "identity"}  # the bytes as stored: the raw body is what is hashed
         if offset is not None:
             headers["Range"] = f"bytes={offset + received}-{offset + size - 1}"
         elif received:
@@ -107,7 +107,7 @@ def stream_blob(
             ) as response:
                 if response.status_code not in (200, 206):
                     error = error_from(response, what)
-                elif headers and response.status_code != 206:
+                elif "Range" in headers and response.status_code != 206:
                     error = StoreRequestError(f"{what}: the object store ignored a range request", status=500)
                 else:
                     error = None
@@ -141,21 +141,40 @@ def stream_blob(
 
 
 def fetch_range(url: UrlSource, start: int, end: int, what: str) -> bytes:
-    """Bytes ``start`` (inclusive) to ``end`` (exclusive) of an object; only that range is transferred."""
+    """Bytes ``start`` (inclusive) to ``end`` (exclusive) of an object; only that range is transferred.
+
+    The body is taken as the store sent it, never decoded: a blob is stored with no Content-Encoding, so one
+    the store names (an unsigned header a store kept at upload) must not turn its bytes into others.
+    """
     if end <= start:
         return b""
-    headers = {"Range": f"bytes={start}-{end - 1}"}
-
-    def whole_range(response: requests.Response) -> bool:  # 200: a store that ignores Range sends it all
-        return response.status_code == 200 or (response.status_code == 206 and len(response.content) == end - start)
-
-    try:
-        response = send_with_retries("GET", lambda refresh: (url(refresh), headers), what, whole_range)
-    except StoreRequestError as error:
-        if error.status == 404:
-            raise NotFoundError(f"{what}: the object store no longer has this blob ({error})") from None
-        raise
-    return response.content if response.status_code == 206 else response.content[start:end]
+    headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+    error: StoreRequestError | None = None
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            response = send_with_retries(
+                "GET", lambda refresh: (url(refresh), headers), what, lambda r: r.status_code in (200, 206), stream=True
+            )
+        except StoreRequestError as e:
+            if e.status == 404:
+                raise NotFoundError(f"{what}: the object store no longer has this blob ({e})") from None
+            raise
+        try:
+            body = response.raw.read(decode_content=False)
+        except (urllib3.exceptions.HTTPError, OSError) as e:  # dropped mid-body: ask again
+            error = connection_error(e, what)
+        else:
+            if response.status_code == 206 and len(body) == end - start:
+                return body
+            if response.status_code == 200 and len(body) >= end:  # a store that ignores Range sends it all
+                return body[start:end]
+            error = StoreRequestError(f"{what}: the object store sent {len(body)} bytes for {end - start}")
+        finally:
+            response.close()
+        if attempt + 1 < MAX_ATTEMPTS:
+            pause(attempt)
+    assert error is not None
+    raise error
 
 
 class _LocalWriteFailed(Exception):
