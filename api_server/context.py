@@ -35,7 +35,7 @@ class ServerContext:
     @classmethod
     def build(cls, settings: Settings, storage: Storage) -> ServerContext:
         """Everything a server process needs, on a database brought up to date first (migrations)."""
-        db = Database(settings.resolved_database_url)
+        db = Database(settings.resolved_database_url, sqlite_busy_timeout_sec=settings.sqlite_busy_timeout_sec)
         db.upgrade()
         with db.transaction() as session:
             this_server = server_id(session)

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     # auto: trust the store's own SHA-1 check where the start-up probe shows it enforces one, re-hash
     # otherwise; rehash: always re-hash uploads on the server.
     verify_uploads: Literal["auto", "rehash"] = "auto"
+    # How long a write waits for SQLite's lock (held by another process) before it is answered 503.
+    sqlite_busy_timeout_sec: float = Field(30.0, gt=0, le=3600)
     # A worker holds a task for this long and renews the lease every third of it while the task runs; a worker
     # that stops renewing (killed, cut off) loses the task, which goes to another worker.
     task_lease_sec: int = Field(30, ge=1, le=3600)

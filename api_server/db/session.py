@@ -18,7 +18,7 @@ _STARTUP_LOCK_KEY = 7733_0001  # an arbitrary constant naming "kachery-cloud ser
 class Database:
     """Owns the engine for one database URL (``sqlite:///...`` or ``postgresql+psycopg://...``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, sqlite_busy_timeout_sec: float = 30.0) -> None:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -27,7 +27,7 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # FastAPI runs sync endpoints in a thread pool: one connection may serve several threads in turn.
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": sqlite_busy_timeout_sec}
         else:
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(url, **kwargs)

@@ -312,6 +312,7 @@ def test_memo_entries_are_trusted_only_from_the_same_user(lab: Lab, figures: Fig
     shared = lab.make("lab-memo")
     data_dir = lab.base / "shared-data"
     data_dir.mkdir(exist_ok=True)
+    data_dir.chmod(0o755)  # bob may stat what is in it, whatever this process's umask (a server CLI sets 077)
     data = data_dir / "alice.bin"
     data.write_bytes(os.urandom(2 * MIB))  # over the memo's threshold
     os.chown(data, lab.alice.uid, lab.alice.lab_gid)

@@ -143,8 +143,16 @@ def read_answer(sock: socket.socket, timeout: float, *, until_closed: bool = Fal
     return answer
 
 
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server sent something or closed (poll: select() cannot take descriptors past 1023, and this
+    process holds more than 1000 sockets)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 def answered_or_closed(sock: socket.socket) -> bool:
-    return bool(select.select([sock], [], [], 0)[0])
+    return readable(sock, 0)
 
 
 def rss_kib(server: RunningServer) -> int:
@@ -422,7 +430,7 @@ def slowloris(server: RunningServer, case: str) -> tuple[Answer, float, int]:
             sent = len(PARTIAL_HEAD)
         if case == "trickle":
             for byte in (PARTIAL_HEAD + b"X-Slow: " + b"s" * 30)[: int(HEAD_TIMEOUT) + 10]:
-                if select.select([sock], [], [], 1.0)[0]:
+                if readable(sock, 1.0):
                     break
                 sock.sendall(bytes([byte]))
                 sent += 1

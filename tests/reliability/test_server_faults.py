@@ -37,14 +37,28 @@ from kachery_cloud.protocol.feed_format import signed_bytes
 from ..conftest import point_client_at
 from ..helpers import BIN, signed_headers
 from ..integration.multiuser_runtime import ensure_lab_users, is_root, run_as
-from ..servers import POSTGRES_ADMIN_URL, RunningServer, start_server
+from ..servers import POSTGRES_ADMIN_URL, PostgresDatabases, RunningServer, start_server
 from .conftest import Figure, Figures
 
 HEALTH_BOUND_SEC = 1.0  # the requirement: health answers within a second while the database is out
-LOCK_SEC = 36.0  # past the server's 30 s busy timeout, so that the requests waiting on it are answered 503
+BUSY_SEC = 4.0  # the servers' SQLite busy timeout here (30 s by default)
+LOCK_SEC = BUSY_SEC + 4  # past it, so that the requests waiting on the lock are answered 503
 # More writes at once than the server has worker threads (anyio's default: 40), so that every worker waits on the
 # lock: a health check that needed a worker (or the database) would then wait too.
 WRITES = 48
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres: PostgresDatabases
+) -> Iterator[RunningServer]:
+    """As tests/conftest.py's, with a short SQLite busy timeout: the outage need not last the default 30 s."""
+    database_url = postgres.create() if request.param == "postgresql" else None
+    settings = {"sqlite_busy_timeout_sec": BUSY_SEC}
+    directory = tmp_path_factory.mktemp(f"faults-{request.param}")
+    running = start_server(directory, database_url=database_url, settings=settings)
+    yield running
+    running.stop()
 
 
 def post(server: RunningServer, target: str, body: bytes, timeout: float = 90) -> requests.Response:
