@@ -10,6 +10,7 @@ SeaweedFS refuse and nanio alone does not:
   readers get. ``Content-Type`` is let through unsigned (tools such as s5cmd send one); it changes no byte,
   but a public URL serves it back as sent.
 - **copies**, signed or not: the API server never copies objects.
+- **a query parameter given twice**: this guard and nanio could each read another copy of it.
 - **a PUT body whose SHA-1 differs from its ``x-amz-checksum-sha1``**, hashed as the body streams through; if it
   does not match, nanio's write fails before the object is renamed into place and the client gets BadDigest.
   The verified checksum is kept as the object's metadata ``x-amz-meta-kachery-sha1``, which HEAD returns, so
@@ -65,6 +66,12 @@ class StoreGuard:
         names = {name.lower() for name, _ in headers}
         if b"x-amz-copy-source" in names or b"x-amz-copy-source-range" in names:
             await _refuse(send, AccessDenied("This store does not copy objects."))
+            return
+        parameters = [part.split(b"=", 1)[0].lower() for part in scope.get("query_string", b"").split(b"&") if part]
+        if len(parameters) != len(set(parameters)):
+            # This guard and nanio might each read another copy (X-Amz-SignedHeaders: the first here, the last
+            # in nanio), and the signature check would no longer cover what this guard checked.
+            await _refuse(send, AccessDenied("A query parameter appears more than once."))
             return
         signed = _signed_header_names(scope)
         writes = scope["method"] in ("PUT", "POST")

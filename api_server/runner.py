@@ -156,6 +156,9 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
             # client on this machine could pick the address its requests are counted under.
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=list(settings.trusted_proxies) or None,
+            # No WebSocket routes: an upgrade would hand the connection to a protocol that the connection limits
+            # above never see close, so each one would count against its address for good.
+            ws="none",
         )
         try:
             # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the handler that

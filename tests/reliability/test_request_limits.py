@@ -595,3 +595,29 @@ def test_long_polls_are_capped_per_client(limited: RunningServer, figures: Figur
         2,
         {"cap": LONG_POLLS, "refused_over_cap": 2, "other_client_served": True, "served_after": LONG_POLLS},
     )
+
+
+def test_websocket_upgrades_do_not_use_up_an_address(crowded: RunningServer, figures: Figures) -> None:
+    """Each WebSocket handshake handed its connection to a protocol the connection limit never saw close: after
+    as many as the cap, every connection from that address was refused with 503 until a restart. The server
+    has no WebSocket routes, so an upgrade is an ordinary request now, and the address keeps working."""
+    source, attempts = "127.0.0.40", CONNECTIONS + 20
+    upgrade = (
+        b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    statuses: dict[str, int] = {}
+    for _ in range(attempts):
+        sock = connect(crowded, source)
+        try:
+            sock.sendall(upgrade)
+            answer = read_answer(sock, 10)
+        finally:
+            sock.close()
+        statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
+    assert "101" not in statuses, statuses
+    deadline = time.monotonic() + 10  # the server sees the last closes a moment after they happen
+    while (status := timed_health(crowded, source)[0]) != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == 200, f"after {attempts} upgrade requests, {source} is refused: {status}"
+    record(figures, "4 connections: WebSocket upgrades", attempts, attempts, {"answers": statuses, "cap": CONNECTIONS})

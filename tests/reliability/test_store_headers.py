@@ -281,6 +281,30 @@ def test_unsigned_headers_on_upload_urls_are_refused(scene: Scene, world: World,
     record(figures, "unsigned x-amz and stored headers on upload URLs", world, count, started)
 
 
+def test_a_repeated_query_parameter_is_refused(scene: Scene, world: World, figures: Figures,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A second X-Amz-SignedHeaders put in front of the real one, naming Content-Encoding: the guard read the
+    first, nanio's signature check the last, so the header passed as signed. Refused on the embedded store."""
+    started, count = time.monotonic(), Count()
+    act(monkeypatch, world, scene.attacker, scene.project)
+    for size in (SMALL_UPLOAD + 7, SINGLE_PUT_MAX + 7):
+        data = os.urandom(size)
+        plan = ask(scene.project, hashlib.sha1(data).hexdigest(), size)
+        url, headers = (plan.url, dict(plan.headers)) if plan.method == "put" else (plan.part_urls[1], {})
+        base, query = url.split("?", 1)
+        forged = f"{base}?X-Amz-SignedHeaders=host%3Bcontent-encoding%3Bx-amz-meta-kachery-sha1&{query}"
+        headers.update({"Content-Encoding": "gzip", "x-amz-meta-kachery-sha1": "forged"})
+        response = requests.put(forged, data=data, headers=headers, timeout=60)
+        count.attempts += 1
+        count.outcomes[f"{plan.method}: repeated X-Amz-SignedHeaders"] = str(response.status_code)
+        assert response.status_code < 500, response.text[:300]
+        if response.status_code >= 400:
+            count.refused += 1
+        elif world.store != "seaweedfs-postgresql":
+            raise AssertionError(f"{plan.method}: the embedded store took headers it only thought were signed")
+    record(figures, "a repeated query parameter on an upload URL", world, count, started)
+
+
 def test_bytes_that_are_not_the_hash_are_never_recorded(scene: Scene, world: World, figures: Figures,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Other bytes through a URL for hash H: with the URL's headers, with the checksum of what is sent, with a
