@@ -67,3 +67,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if path:
         report = {"soak": bool(config.getoption("--soak")), "figures": [asdict(f) for f in _FIGURES.recorded]}
         Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+# The servers of the request-limit checks (test_request_limits, test_request_heads, test_connection_limits), shared
+# by the three files; imported last, since limits_kit imports Figure from here.
+from .limits_kit import crowded, google, heads, limited, proxied  # noqa: E402, F401
