@@ -28,6 +28,7 @@ import requests
 import tenacity
 
 from .._http import backoff_seconds, new_session
+from ..config import DEFAULT_RETRY_SEC
 from ..errors import (
     AuthenticationError,
     NotRegisteredError,
@@ -43,7 +44,7 @@ from ..protocol.request_signing import SERVER_ID_RE
 
 DEFAULT_TIMEOUT = (10.0, 60.0)  # (connect, read) seconds
 DEFAULT_MAX_ATTEMPTS = 5
-DEFAULT_UNREACHABLE_BUDGET_SEC = 20.0
+DEFAULT_UNREACHABLE_BUDGET_SEC = DEFAULT_RETRY_SEC  # one default, set by KACHERY_CLOUD_RETRY_SEC
 _MAX_BACKOFF_SEC = 20.0
 _MAX_RETRY_AFTER_SEC = 120.0
 
