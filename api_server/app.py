@@ -155,8 +155,8 @@ _LARGE_BODY_PATHS = re.compile(r"^/api/(mutables/set|feeds/[^/]+/messages|tasks/
 class _RequestGuard:
     """Checks every request before the app sees it:
 
-    - the Host header names this server (stops DNS rebinding, where a web page points its own domain at
-      127.0.0.1 and drives the local API from a visitor's browser);
+    - the Host header names this server, except on the health paths (stops DNS rebinding, where a web page
+      points its own domain at 127.0.0.1 and drives the local API from a visitor's browser);
     - the body is at most :data:`MAX_BODY_BYTES` (:data:`LARGE_BODY_BYTES` for the endpoints that take
       large values), 413 before reading it when Content-Length says so;
     - responses forbid framing (clickjacking of the registration page).
@@ -171,7 +171,8 @@ class _RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self.allowed_hosts is not None:
+        # A balancer's health check may send no Host, or its own: the health paths say nothing private.
+        if self.allowed_hosts is not None and scope.get("path") not in _HOST_FREE_PATHS:
             host = _host_name(headers.get(b"host", b"").decode("latin-1"))
             if host not in self.allowed_hosts:
                 await _error(400, "invalid_host", "this server does not answer to that host name")(scope, receive, send)
@@ -204,6 +205,9 @@ class _RequestGuard:
         await self.app(scope, limited_receive, framing_send)
 
 
+_HOST_FREE_PATHS = frozenset({"/api/health", "/api/health/ready"})
+
+
 def _host_name(host_header: str) -> str:
     """``example.org:7733`` → ``example.org``; ``[::1]:7733`` → ``::1``."""
     host = host_header.strip().lower()
@@ -219,7 +223,7 @@ def _allowed_hosts(context: ServerContext) -> list[str]:
     public_host = urlsplit(context.server_url).hostname
     if public_host:
         hosts.add(public_host)
-    if context.settings.host in ("0.0.0.0", "::"):
+    if context.settings.host in ("0.0.0.0", "::", "") and not context.settings.public_url:
         return ["*"]  # listening everywhere without a public_url: any name may be used
     return sorted(hosts)
 
@@ -237,13 +241,19 @@ def _internal_error(request: Request) -> JSONResponse:
 
 
 def _answer(exc: ApiError) -> JSONResponse:
-    return _error(exc.status, exc.error_code, exc.message, headers=exc.headers)
+    return _error(exc.status, exc.error_code, exc.message, headers=exc.headers, fields=exc.fields)
 
 
 def _error(
-    status: int, code: str, message: str, *, details: list[dict[str, str]] | None = None, headers: dict | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: list[dict[str, str]] | None = None,
+    headers: dict | None = None,
+    fields: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, object] = {"error_code": code, "message": _printable(message)}
+    body: dict[str, object] = {**(fields or {}), "error_code": code, "message": _printable(message)}
     if details is not None:
         body["details"] = [{k: _printable(v) for k, v in d.items()} for d in details]
     return JSONResponse(body, status_code=status, headers=headers)

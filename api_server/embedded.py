@@ -1,6 +1,10 @@
 """The embedded object store: a nanio process (with the SHA-1 check of :mod:`.checked_store`), child of the API
-server, on a free loopback port, with its data and generated credentials in the server's data directory. It dies
-with the server, even on kill -9 (Linux)."""
+server, with its data and generated credentials in the server's data directory. It dies with the server, even on
+kill -9 (Linux).
+
+It listens where the API does. On loopback only: on a free loopback port (the last run's if still free). For
+other machines: on the API's address and a port of its own (``store_port``, default the API's port + 1), which
+clients reach directly with the URLs the server signs for them."""
 
 from __future__ import annotations
 
@@ -29,31 +33,45 @@ class EmbeddedStoreError(RuntimeError):
 
 
 class EmbeddedS3:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        """``host``: where the store listens; ``port``: its port (None: a free loopback port)."""
         self.dir = data_dir / "s3"
         self.log_path = data_dir / "nanio.log"
+        self.host = host
+        # Where this server reaches the store: loopback, unless it listens on one other address only.
+        self.local_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+        self.fixed_port = port
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> S3Settings:
+    def start(self) -> tuple[S3Settings, int]:
+        """Start the store; its settings (as this server reaches it, on loopback) and its port."""
         installed = version("nanio")
         if installed != NANIO_VERSION:
             raise EmbeddedStoreError(f"nanio {installed} is installed; this server needs nanio=={NANIO_VERSION}")
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         access_key, secret_key = self._credentials()
         previous = self._previous_port()
-        for attempt in range(3):  # another process may take the free port between our check and nanio's bind
-            # The port of the last run first: presigned URLs handed out before a restart still lead somewhere.
-            port = previous if attempt == 0 and previous else free_loopback_port()
+        for attempt in range(1 if self.fixed_port else 3):
+            # Another process may take a free port between our check and nanio's bind: then try another. The port
+            # of the last run first: presigned URLs handed out before a restart still lead somewhere.
+            port = self.fixed_port or (previous if attempt == 0 and previous else free_loopback_port())
             self._spawn(port, access_key, secret_key)
             if self._wait_ready(port):
                 with contextlib.suppress(OSError):
                     self._port_file.write_text(f"{port}\n")
-                return S3Settings(
-                    endpoint_url=f"http://127.0.0.1:{port}",
+                local = f"[{self.local_host}]" if ":" in self.local_host else self.local_host
+                settings = S3Settings(
+                    endpoint_url=f"http://{local}:{port}",
                     bucket=BUCKET,
                     access_key_id=access_key,
                     secret_access_key=secret_key,
                 )
+                return settings, port
+        if self.fixed_port and not _port_free(self.host, self.fixed_port):
+            raise EmbeddedStoreError(
+                f"the embedded S3 store cannot listen on {self.host}:{self.fixed_port}: the port is taken "
+                "(choose another with --store-port)"
+            )
         raise EmbeddedStoreError(
             f"the embedded S3 store (nanio) did not start; see {self.log_path}:\n{self._log_tail()}"
         )
@@ -102,7 +120,7 @@ class EmbeddedS3:
 
     def _spawn(self, port: int, access_key: str, secret_key: str) -> None:
         env = {**os.environ, "NANIO_ACCESS_KEY": access_key, "NANIO_SECRET_KEY": secret_key}
-        command = [sys.executable, "-m", "api_server.checked_store", str(self.dir), "127.0.0.1", str(port)]
+        command = [sys.executable, "-m", "api_server.checked_store", str(self.dir), self.host, str(port)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command,
@@ -122,7 +140,7 @@ class EmbeddedS3:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 return False
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with contextlib.suppress(OSError), socket.create_connection((self.local_host, port), timeout=0.5):
                 return True
             time.sleep(0.05)
         self.stop()
@@ -138,6 +156,16 @@ def log_tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_loopback_port() -> int:

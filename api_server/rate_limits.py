@@ -2,14 +2,17 @@
 limits gets 429 ``rate_limited`` with ``Retry-After``, which kachery-cloud clients wait out and retry.
 
 Signed requests count against their (verified) client id, so nobody can spend another client's budget by
-naming it; requests without a valid signature count against their network address. The counts live in each
-API process's memory (moving windows from the ``limits`` library): behind N replicas a client may reach N
-times the limit, which still stops one runaway script from starving everyone else.
+naming it; requests without a valid signature count against their network address. The counts are moving
+windows of the ``limits`` library, kept in ``rate_limit_storage``: each API process's memory by default (behind
+N replicas a client may then reach N times the limit, which still stops one runaway script from starving everyone
+else), or a Redis that all replicas share. If that Redis cannot be reached, requests are let through (and the
+failure logged) rather than refused: a rate limit is not worth an outage.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -17,18 +20,22 @@ from collections import Counter
 from collections.abc import Iterator
 
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage
+from limits.errors import StorageError
+from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from .errors import RateLimited
 
+_log = logging.getLogger("kachery_cloud_server")
+
 
 class RateLimiter:
-    def __init__(self, per_client: str | None, per_address: str | None) -> None:
+    def __init__(self, per_client: str | None, per_address: str | None, storage: str = "memory://") -> None:
         # Already checked by the settings ("" and None: no limit).
         self._per_client = parse_many(per_client) if per_client else []
         self._per_address = parse_many(per_address) if per_address else []
-        self._windows = MovingWindowRateLimiter(MemoryStorage())
+        options = {} if storage.startswith("memory://") else {"key_prefix": "kachery-cloud", "wrap_exceptions": True}
+        self._windows = MovingWindowRateLimiter(storage_from_string(storage, **options))
 
     def client_request(self, client_id: str) -> None:
         """Count one request of a verified client; :class:`RateLimited` if it is over its limit."""
@@ -40,7 +47,12 @@ class RateLimiter:
 
     def _count(self, items: list[RateLimitItem], kind: str, key: str) -> None:
         for item in items:
-            if not self._windows.hit(item, kind, key):
+            try:
+                allowed = self._windows.hit(item, kind, key)
+            except StorageError as e:
+                _log.warning("the rate-limit storage failed (%s); a request of %s %s not counted", e, kind, key)
+                return
+            if not allowed:
                 reset_at = self._windows.get_window_stats(item, kind, key).reset_time
                 retry_after = max(1, math.ceil(reset_at - time.time()))
                 raise RateLimited(

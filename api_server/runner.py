@@ -111,8 +111,13 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
         sock = _bind(settings.host, settings.port)
         s3 = settings.s3
         if s3 is None:
-            embedded = EmbeddedS3(data_dir)
-            s3 = embedded.start()
+            embedded = EmbeddedS3(
+                data_dir,
+                host=settings.embedded_store_host,
+                port=settings.store_port or (settings.port + 1 if settings.serves_other_machines else None),
+            )
+            s3, store_port = embedded.start()
+            s3 = s3.model_copy(update={"client_endpoint_url": settings.embedded_store_url(store_port)})
         storage = Storage(s3, url_ttl_sec=settings.presigned_url_ttl_sec)
         storage.ensure_bucket()
         storage.probe_checksums()
@@ -122,17 +127,21 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
             owner = identity.ensure_local_owner(session)
             owner_name = owner.name
         app = create_app(context)
-        _write_pid_file(data_dir, settings.resolved_public_url)
+        own_url = listen_url(settings)
+        _write_pid_file(data_dir, own_url, settings.resolved_public_url)
         if announce:
             store = f"embedded nanio at {s3.endpoint_url}" if embedded else f"{s3.endpoint_url} bucket {s3.bucket}"
+            if s3.client_endpoint_url and s3.client_endpoint_url != s3.endpoint_url:
+                store += f"; clients reach it at {s3.client_endpoint_url}"
             if context.blobs.store_checks_sha1:
                 store += "\n  uploads: single PUTs checked by the store's SHA-1 check, multipart uploads re-hashed"
             elif settings.verify_uploads == "rehash":
                 store += "\n  uploads: re-hashed on this server (verify_uploads: rehash)"
             else:
                 store += "\n  uploads: re-hashed on this server (the store does not check SHA-1 checksums)"
+            public = "" if own_url == settings.resolved_public_url else f" (public URL {settings.resolved_public_url})"
             print(
-                f"kachery-cloud-server {settings.resolved_public_url} (pid {os.getpid()})\n"
+                f"kachery-cloud-server {own_url}{public} (pid {os.getpid()})\n"
                 f"  data: {data_dir}\n  store: {store}\n  database: {_safe_db_name(settings)}\n"
                 f"  registration: {settings.registration_mode}; owner {owner_name}, project 'default'\n"
                 "  stop with Ctrl-C or `kachery-cloud-server stop`",
@@ -218,8 +227,7 @@ def start_background(settings: Settings, argv: list[str], *, timeout_sec: float 
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
         )
     # Asked directly on host:port: a public_url may point at a proxy that is not up yet.
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else "[::1]" if settings.host == "::" else settings.host
-    url = f"http://{f'[{host}]' if ':' in host and not host.startswith('[') else host}:{settings.port}"
+    url = listen_url(settings)
     deadline = time.monotonic() + timeout_sec
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -277,9 +285,16 @@ def read_pid_file(data_dir: Path) -> dict | None:
     return None
 
 
-def _write_pid_file(data_dir: Path, url: str) -> None:
+def listen_url(settings: Settings) -> str:
+    """This process's own address (not a balancer's or proxy's), as this machine reaches it."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+
+
+def _write_pid_file(data_dir: Path, url: str, public_url: str) -> None:
     temp = data_dir / f".{PID_FILE}.{os.getpid()}"
-    temp.write_text(json.dumps({"pid": os.getpid(), "url": url}))
+    info = {"pid": os.getpid(), "url": url, "public_url": public_url, "data_dir": str(data_dir)}
+    temp.write_text(json.dumps(info))
     os.replace(temp, data_dir / PID_FILE)
 
 

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from limits import parse_many
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 ENV_PREFIX = "KACHERY_CLOUD_SERVER_"
@@ -39,6 +41,23 @@ SETTINGS_FILE_NAME = "settings.yaml"
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 MIB = 1 << 20
 GIB = 1 << 30
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?) ?(?:([KMGTP])(?:I?B)?|B)?")
+
+
+def parse_size(text: str | int) -> int:
+    """``"64M"`` → 67108864: a number of bytes with an optional suffix K, M, G, T or P (powers of 1024, with or
+    without a trailing B or iB; ``1.5G`` works too). :class:`ValueError` for anything else."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = _SIZE_RE.fullmatch(str(text).strip().upper())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (like 1024, 500M, 2G or 1.5T)")
+    number, suffix = match.groups()
+    return int(float(number) * 1024 ** ("_KMGTP".index(suffix) if suffix else 0))
+
+
+# A size in the settings file or the environment: an integer of bytes, or with a suffix ("64M").
+Bytes = Annotated[int, BeforeValidator(lambda v: parse_size(v) if isinstance(v, str) else v)]
 
 
 class S3Settings(BaseModel):
@@ -51,6 +70,8 @@ class S3Settings(BaseModel):
     secret_access_key: SecretStr
     addressing_style: Literal["path", "virtual"] = "path"
     key_prefix: str = ""
+    # Where clients reach the store, when that differs from where this server does (endpoint_url).
+    client_endpoint_url: str | None = None
     # Where anonymous readers fetch objects of public projects (a CDN or a public bucket URL); None = the
     # server hands out presigned GETs for public projects too.
     public_base_url: str | None = None
@@ -75,24 +96,36 @@ class Settings(BaseSettings):
     public_url: str | None = None
     # SQLAlchemy URL; default: SQLite in the data directory.
     database_url: str | None = Field(None, repr=False)  # may carry a password
+    # PostgreSQL connections this process keeps open, the extra ones it may open under load, and how long a
+    # request waits for a free one before it is answered 503. Each replica has its own pool: N replicas open up
+    # to N * (size + overflow) connections, which must stay under the database's max_connections.
+    database_pool_size: int = Field(10, ge=1, le=1000)
+    database_max_overflow: int = Field(20, ge=0, le=1000)
+    database_pool_timeout_sec: float = Field(30.0, gt=0, le=3600)
+    # The embedded store's port. Default: a free loopback port when the server listens on loopback only;
+    # port + 1 when it listens for other machines too (the store then listens on the same address as the API,
+    # and clients reach it directly).
+    store_port: int | None = Field(None, ge=1, le=65535)
+    # Where clients reach the embedded store, when that is not http://<public_url's host>:<store_port> (a TLS
+    # proxy in front of it, say).
+    store_public_url: str | None = None
     s3: S3Settings | None = None
     # With a Google OAuth client id, registration goes through Google sign-in on the server's page.
     google_client_id: str | None = None
     google_certs_url: str = GOOGLE_CERTS_URL
-    # auto: google if google_client_id is set, else local if the server listens on loopback only and public_url
-    # (if set) is a loopback address too, else none.
+    # auto: google if google_client_id is set, else local (see registration_mode).
     registration: Literal["auto", "local", "google", "none"] = "auto"
     signature_window_sec: int = Field(60, ge=5, le=3600)
     registration_ttl_sec: int = Field(900, ge=60)
-    default_storage_quota_bytes: int | None = Field(None, ge=0)
+    default_storage_quota_bytes: Bytes | None = Field(None, ge=0)
     # How long a presigned URL stays valid; clients ask for a fresh one when theirs has expired.
     presigned_url_ttl_sec: int = Field(3600, ge=1, le=7 * 24 * 3600)
     # An upload not completed within this time (renewed while part URLs are asked for) is aborted.
     upload_ttl_sec: int = Field(24 * 3600, ge=1)
     # Blobs up to this size go up in one PUT (when the store checks SHA-1 checksums); larger ones in parts.
-    single_put_max_bytes: int = Field(64 * MIB, ge=0, le=5 * GIB)
+    single_put_max_bytes: Bytes = Field(64 * MIB, ge=0, le=5 * GIB)
     # Part size of multipart uploads (S3 needs >= 5 MiB); raised for huge blobs to stay within 10,000 parts.
-    multipart_part_bytes: int = Field(16 * MIB, ge=5 * MIB, le=5 * GIB)
+    multipart_part_bytes: Bytes = Field(16 * MIB, ge=5 * MIB, le=5 * GIB)
     # auto: trust the store's own SHA-1 check where the start-up probe shows it enforces one, re-hash
     # otherwise; rehash: always re-hash uploads on the server.
     verify_uploads: Literal["auto", "rehash"] = "auto"
@@ -108,6 +141,10 @@ class Settings(BaseSettings):
     # Retry-After, which clients wait out. Counted per API process. Empty or null: no limit.
     rate_limit_per_client: str | None = "200/second;6000/minute"
     rate_limit_per_address: str | None = "200/second;6000/minute"
+    # Where the counts live: "memory://" (each API process counts for itself, so behind N replicas a client may
+    # reach N times the limit) or a shared store in the limits library's notation, "redis://host:6379/0" (needs
+    # the redis package), which every replica counts in.
+    rate_limit_storage: str = "memory://"
     # Proxies (IP addresses) whose X-Forwarded-For / X-Forwarded-Proto name the real client; none by default, so a
     # client cannot pick the address it is counted under. Behind a proxy on this machine: ["127.0.0.1"].
     trusted_proxies: list[str] = Field(default_factory=list)
@@ -115,7 +152,7 @@ class Settings(BaseSettings):
     # pending one back.
     max_pending_registrations_per_address: int = Field(20, ge=1)
     # Request heads: at most this many bytes and header fields, complete within this many seconds.
-    max_head_bytes: int = Field(32 << 10, ge=4096, le=1 << 20)
+    max_head_bytes: Bytes = Field(32 << 10, ge=4096, le=1 << 20)
     max_headers: int = Field(100, ge=10, le=10_000)
     head_timeout_sec: float = Field(10.0, gt=0, le=600)
     # Open connections per client address (trusted proxies exempt), and long-polls one client may have waiting.
@@ -142,6 +179,19 @@ class Settings(BaseSettings):
             raise ValueError(f"no rate limit in {value!r}")
         return value
 
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _storage_is_known(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if "://" not in value or scheme not in ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster"):
+            raise ValueError("use memory:// or a Redis URL (redis://host:6379/0)")
+        if scheme.startswith("redis"):
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                raise ValueError("a Redis rate-limit storage needs the redis package: pip install redis") from None
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -166,19 +216,39 @@ class Settings(BaseSettings):
     def resolved_public_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
+        if self.host in ("0.0.0.0", "::", ""):
+            # Listening on every address: this machine's name is the best guess at one that others reach.
+            return f"http://{socket.gethostname()}:{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
     @property
+    def serves_other_machines(self) -> bool:
+        """Whether the API listens on more than loopback (then so does the embedded store)."""
+        return not is_loopback_host(self.host)
+
+    @property
+    def embedded_store_host(self) -> str:
+        """The address the embedded store listens on: the API's own when that is not loopback only."""
+        return self.host if self.serves_other_machines else "127.0.0.1"
+
+    def embedded_store_url(self, port: int) -> str:
+        """Where clients reach the embedded store listening on ``port``."""
+        if self.store_public_url:
+            return self.store_public_url.rstrip("/")
+        if not self.serves_other_machines:
+            return f"http://127.0.0.1:{port}"
+        host = urlsplit(self.resolved_public_url).hostname or "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    @property
     def registration_mode(self) -> Literal["local", "google", "none"]:
+        """local: the server's owner registers from this machine by proving who they are (a token file only
+        they can read); google: also Google sign-in in the browser; none: only ``admin register-client``.
+        Invitations work in every mode."""
         if self.registration != "auto":
             return self.registration
-        if self.google_client_id:
-            return "google"
-        # Behind a reverse proxy every request comes from loopback: a public_url elsewhere means the server is
-        # reachable by others, and local registration would hand them the owner's rights.
-        public_host = (urlsplit(self.public_url).hostname or "") if self.public_url else "localhost"
-        return "local" if is_loopback_host(self.host) and is_loopback_host(public_host) else "none"
+        return "google" if self.google_client_id else "local"
 
 
 def is_loopback_host(host: str) -> bool:

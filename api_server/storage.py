@@ -58,6 +58,12 @@ class Storage:
         self.settings = settings
         self.bucket = settings.bucket
         self.client = client if client is not None else make_s3_client(settings)
+        # URLs for clients are signed for the address they reach the store at (SigV4 signs the Host).
+        self.url_signer = (
+            make_s3_client(settings, endpoint_url=settings.client_endpoint_url)
+            if settings.client_endpoint_url and client is None
+            else self.client
+        )
         self.url_ttl_sec = url_ttl_sec
         # Whether the store refuses a body whose x-amz-checksum-sha1 does not match, and refuses headers nobody
         # signed (set by probe_checksums).
@@ -80,20 +86,24 @@ class Storage:
 
     # ---------------------------------------------------------------- presigning
 
-    def presign_put(self, key: str, size: int, sha1_hex: str, *, once: bool | None = None) -> Presigned:
+    def presign_put(
+        self, key: str, size: int, sha1_hex: str, *, once: bool | None = None, internal: bool = False
+    ) -> Presigned:
         """A single PUT of exactly ``size`` bytes whose SHA-1 the store checks (``x-amz-checksum-sha1``); with
-        ``once`` (default: where the store supports it), only onto a key that holds no object yet."""
+        ``once`` (default: where the store supports it), only onto a key that holds no object yet. ``internal``:
+        for this server's own use, at the address it reaches the store at."""
         checksum = sha1_base64(sha1_hex)
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ContentLength": size, "ChecksumSHA1": checksum}
         headers = {"x-amz-checksum-sha1": checksum}
         if self.refuses_overwrites if once is None else once:
             params["IfNoneMatch"] = "*"
             headers["If-None-Match"] = "*"
-        url = self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=self.url_ttl_sec)
+        signer = self.client if internal else self.url_signer
+        url = signer.generate_presigned_url("put_object", Params=params, ExpiresIn=self.url_ttl_sec)
         return Presigned(url, headers)
 
     def presign_part(self, key: str, multipart_id: str, part_number: int, size: int) -> Presigned:
-        url = self.client.generate_presigned_url(
+        url = self.url_signer.generate_presigned_url(
             "upload_part",
             Params={
                 "Bucket": self.bucket,
@@ -107,7 +117,7 @@ class Storage:
         return Presigned(url, {})
 
     def presign_get(self, key: str) -> str:
-        return self.client.generate_presigned_url(
+        return self.url_signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.url_ttl_sec
         )
 
@@ -192,18 +202,18 @@ class Storage:
         sha1 = hashlib.sha1(expected).hexdigest()
         key = f"{self.settings.key_prefix}probes/{secrets.token_hex(8)}"
         other = f"{key}-copy"
-        put = self.presign_put(key, len(expected), sha1, once=False)
+        put = self.presign_put(key, len(expected), sha1, once=False, internal=True)
         try:
             wrong = requests.put(put.url, data=b"kachery-cloud checksum pr0be", headers=put.headers, timeout=30)
             right = requests.put(put.url, data=expected, headers=put.headers, timeout=30)
             head = self.head(key)
-            copy = self.presign_put(other, 0, hashlib.sha1(b"").hexdigest(), once=False)
+            copy = self.presign_put(other, 0, hashlib.sha1(b"").hexdigest(), once=False, internal=True)
             copy_source = f"{self.bucket}/{quote(key)}"
             copied = requests.put(copy.url, headers={**copy.headers, "x-amz-copy-source": copy_source}, timeout=30)
             unsigned = requests.put(
                 put.url, data=expected, headers={**put.headers, "x-amz-meta-kachery-probe": "1"}, timeout=30
             )
-            again = self.presign_put(key, len(expected), sha1, once=True)
+            again = self.presign_put(key, len(expected), sha1, once=True, internal=True)
             overwrite = requests.put(again.url, data=expected, headers=again.headers, timeout=30)
             copy_made = self.head(other) is not None
         finally:
@@ -241,7 +251,7 @@ def s3_error_code(e: Exception) -> str | None:
     return str(response.get("Error", {}).get("Code"))
 
 
-def make_s3_client(settings: S3Settings) -> Any:
+def make_s3_client(settings: S3Settings, *, endpoint_url: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -259,7 +269,7 @@ def make_s3_client(settings: S3Settings) -> Any:
     )
     return boto3.client(
         "s3",
-        endpoint_url=settings.endpoint_url,
+        endpoint_url=endpoint_url or settings.endpoint_url,
         region_name=settings.region,
         aws_access_key_id=settings.access_key_id,
         aws_secret_access_key=settings.secret_access_key.get_secret_value(),

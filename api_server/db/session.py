@@ -18,7 +18,15 @@ _STARTUP_LOCK_KEY = 7733_0001  # an arbitrary constant naming "kachery-cloud ser
 class Database:
     """Owns the engine for one database URL (``sqlite:///...`` or ``postgresql+psycopg://...``)."""
 
-    def __init__(self, url: str, *, sqlite_busy_timeout_sec: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_busy_timeout_sec: float = 30.0,
+        pool_size: int = 10,
+        max_overflow: int = 20,
+        pool_timeout_sec: float = 30.0,
+    ) -> None:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -29,7 +37,10 @@ class Database:
             # FastAPI runs sync endpoints in a thread pool: one connection may serve several threads in turn.
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": sqlite_busy_timeout_sec}
         else:
-            kwargs["pool_pre_ping"] = True
+            # A connection the database closed (restart, idle timeout) is noticed before a request uses it.
+            kwargs.update(
+                pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_sec
+            )
         self.engine: Engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_on_connect)

@@ -35,3 +35,18 @@ async def health(context: ContextDep) -> Health:
         server_id=context.server_id,
         signature_scheme=SCHEME_VERSION,
     )
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+
+
+@router.get("/health/ready", response_model=Ready, responses={503: {"description": "the database cannot be reached"}})
+def ready(context: ContextDep) -> Ready:
+    """For load balancers: 200 once this replica can reach its database, 503 (database_unavailable) while it
+    cannot. Needs no Host header. Runs in the thread pool, like the requests it stands for."""
+    from sqlalchemy import text
+
+    with context.db.transaction() as session:
+        session.execute(text("SELECT 1"))
+    return Ready(status="ready")

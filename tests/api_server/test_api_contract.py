@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import socket
 
 import pytest
 import requests
@@ -77,10 +78,23 @@ def test_migrations_create_exactly_the_models_and_are_idempotent(
 
 def test_requests_for_another_host_name_are_refused(server: RunningServer) -> None:
     # DNS rebinding: a web page's own domain pointed at 127.0.0.1 arrives with that domain as Host.
-    response = requests.get(f"{server.url}/api/health", headers={"Host": "attacker.example"})
+    response = requests.get(f"{server.url}/api/clients/me", headers={"Host": "attacker.example"})
     assert response.status_code == 400
     assert response.json()["error_code"] == "invalid_host"
-    assert requests.get(f"{server.url}/api/health", headers={"Host": f"localhost:{server.port}"}).status_code == 200
+    assert requests.get(f"{server.url}/", headers={"Host": "attacker.example"}).status_code == 400
+    assert requests.get(f"{server.url}/api/clients/me", headers={"Host": f"localhost:{server.port}"}).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/api/health/ready"])
+def test_a_balancer_checks_health_without_a_host_header(server: RunningServer, path: str) -> None:
+    # HTTP/1.0 without Host, as haproxy's plain httpchk sends it, and with a balancer's own name.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert requests.get(f"{server.url}{path}", headers={"Host": "10.0.0.9:8080"}).status_code == 200
 
 
 def test_oversized_bodies_are_refused_before_reading(server: RunningServer) -> None:

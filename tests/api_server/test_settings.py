@@ -17,16 +17,49 @@ from ..servers import clean_env
     ("values", "mode"),
     [
         ({}, "local"),
-        ({"host": "0.0.0.0"}, "none"),
-        ({"public_url": "http://localhost:7733"}, "local"),
-        # Behind a reverse proxy every request comes from loopback: local registration would be open to all.
-        ({"public_url": "https://kachery.mylab.org"}, "none"),
+        # Local registration needs the owner's token file, not a loopback address: serving other machines, or
+        # behind a reverse proxy (where every request comes from loopback), it stays open to the owner alone.
+        ({"host": "0.0.0.0"}, "local"),
+        ({"public_url": "https://kachery.mylab.org"}, "local"),
         ({"google_client_id": "x.apps.googleusercontent.com"}, "google"),
         ({"registration": "none"}, "none"),
     ],
 )
 def test_registration_mode(values: dict, mode: str) -> None:
     assert Settings(**values).registration_mode == mode
+
+
+@pytest.mark.parametrize(
+    ("values", "listen", "clients_reach"),
+    [
+        ({}, "127.0.0.1", "http://127.0.0.1:9001"),
+        ({"host": "0.0.0.0", "public_url": "http://lab.example:7733"}, "0.0.0.0", "http://lab.example:9001"),
+        ({"host": "10.1.2.3"}, "10.1.2.3", "http://10.1.2.3:9001"),
+        ({"host": "0.0.0.0", "store_public_url": "https://s3.lab.example/"}, "0.0.0.0", "https://s3.lab.example"),
+    ],
+)
+def test_the_embedded_store_listens_where_the_api_does_and_urls_name_the_public_host(
+    values: dict, listen: str, clients_reach: str
+) -> None:
+    settings = Settings(**values)
+    assert settings.embedded_store_host == listen
+    assert settings.embedded_store_url(9001) == clients_reach
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("1K", 1024), ("10G", 10 << 30), ("1.5M", 3 << 19), ("64MiB", 64 << 20), ("2 GB", 2 << 30), ("100", 100)],
+)
+def test_sizes_take_suffixes(text: str, size: int) -> None:
+    assert Settings(default_storage_quota_bytes=text).default_storage_quota_bytes == size
+
+
+@pytest.mark.parametrize("text", ["1KK", "-1", "K", "", "ten", "1e3"])
+def test_a_size_that_is_not_one_is_refused(text: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="is not a size"):
+        Settings(single_put_max_bytes=text)
 
 
 def test_environment_overrides_the_file_and_options_override_both(
