@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 from sqlalchemy.orm import Session
@@ -18,6 +18,49 @@ from .errors import ApiError
 from .settings import DEFAULT_PORT, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Size(click.ParamType):
+    """Bytes, with an optional suffix (``1K``, ``500M``, ``10G``; powers of 1024); ``none`` for no limit."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        from .settings import parse_size
+
+        if isinstance(value, int) or value is None:
+            return value
+        if str(value).strip().lower() in ("none", "unlimited"):
+            return None
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+class _Duration(click.ParamType):
+    """Seconds, or a number with s, m, h, d or w (``90m``, ``7d``)."""
+
+    name = "duration"
+    _UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        unit = self._UNITS.get(text[-1:]) if text else None
+        number = text[:-1] if unit else text
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            seconds = -1
+        if not seconds > 0:
+            self.fail(f"{value!r} is not a duration (like 3600, 90m, 12h or 7d)", param, ctx)
+        return int(seconds)
+
+
+SIZE = _Size()
+DURATION = _Duration()
 
 
 def _settings_options(command: F) -> F:
@@ -75,36 +118,76 @@ def main() -> None:
 @click.option("--host", help="Address to listen on [default: 127.0.0.1].")
 @click.option("--port", type=int, help=f"Port to listen on [default: {DEFAULT_PORT}].")
 @click.option(
+    "--public-url",
+    help="The URL clients on other machines use (http://<this host>:<port>, or a proxy's) [default: from --host].",
+)
+@click.option(
+    "--store-port",
+    type=int,
+    help="Port of the embedded store [default: --port + 1 with a --host other than loopback, else any free one].",
+)
+@click.option(
     "--background", is_flag=True, help="Detach, return once the server answers; log to <data dir>/server.log."
 )
 @_fail_cleanly
 def start(
-    data_dir: Path | None, settings_file: Path | None, host: str | None, port: int | None, background: bool
+    data_dir: Path | None,
+    settings_file: Path | None,
+    host: str | None,
+    port: int | None,
+    public_url: str | None,
+    store_port: int | None,
+    background: bool,
 ) -> None:
     """Start the server; without an s3 section in the settings, with an embedded nanio store and SQLite.
 
     The first start creates the data directory, the bucket, the database, a local owner user and a project
-    named 'default'; later starts reuse them.
+    named 'default'; later starts reuse them. To serve other machines:
+    --host 0.0.0.0 --public-url http://<this host>:7733 (the embedded store then listens on port 7734 too).
     """
     from . import runner
 
-    settings = load_settings(settings_file, data_dir=data_dir, host=host, port=port)
+    settings = load_settings(
+        settings_file, data_dir=data_dir, host=host, port=port, public_url=public_url, store_port=store_port
+    )
     if not background:
         runner.run_foreground(settings)
         return
     running = runner.read_pid_file(settings.resolved_data_dir)
     if running is not None:
         # Re-running a setup script should not fail because the server is already up.
-        click.echo(f"kachery-cloud-server is already running at {running['url']} (pid {running['pid']})")
+        click.echo(f"kachery-cloud-server is already running at {_where(running, settings.resolved_data_dir)}")
         return
     argv = [sys.executable, "-m", "api_server.cli", "start", "--data-dir", str(settings.resolved_data_dir)]
     if settings_file is not None:
         argv += ["--settings", str(settings_file.absolute())]
     argv += ["--host", settings.host, "--port", str(settings.port)]
+    if public_url:
+        argv += ["--public-url", public_url]
+    if store_port:
+        argv += ["--store-port", str(store_port)]
     info = runner.start_background(settings, argv)
     click.echo(
-        f"kachery-cloud-server running at {info['url']} (pid {info['pid']}); stop it with: kachery-cloud-server stop"
+        f"kachery-cloud-server running at {_where(info, settings.resolved_data_dir)}; stop it with: "
+        f"kachery-cloud-server stop{_data_dir_option(settings.resolved_data_dir)}"
     )
+
+
+def _where(info: dict[str, Any], data_dir: Path) -> str:
+    """``http://127.0.0.1:7733 (pid 12), data in /srv/kc``: this process's own URL (not a balancer's), its pid
+    and data directory, and the public URL where that differs."""
+    public = info.get("public_url")
+    shown = f"{info['url']} (pid {info['pid']})"
+    if public and public != info["url"]:
+        shown += f", public URL {public}"
+    return f"{shown}, data in {info.get('data_dir') or data_dir}"
+
+
+def _data_dir_option(data_dir: Path) -> str:
+    from .settings import DEFAULT_DATA_DIR
+
+    default = Path(DEFAULT_DATA_DIR).expanduser().absolute()
+    return "" if data_dir == default else f" --data-dir {data_dir}"
 
 
 @main.command()
@@ -116,7 +199,11 @@ def stop(data_dir: Path | None, settings_file: Path | None) -> None:
 
     settings = load_settings(settings_file, data_dir=data_dir)
     stopped = runner.stop(settings.resolved_data_dir)
-    click.echo(f"stopped the server at {stopped['url']}" if stopped else "no server is running")
+    click.echo(
+        f"stopped the server at {_where(stopped, settings.resolved_data_dir)}"
+        if stopped
+        else f"no server is running on {settings.resolved_data_dir}"
+    )
 
 
 @main.command()
@@ -131,7 +218,7 @@ def status(data_dir: Path | None, settings_file: Path | None) -> None:
     if running is None:
         click.echo(f"no server is running on {settings.resolved_data_dir}")
         sys.exit(1)
-    click.echo(f"running at {running['url']} (pid {running['pid']})")
+    click.echo(f"running at {_where(running, settings.resolved_data_dir)}")
 
 
 # --- admin ---
@@ -174,7 +261,9 @@ def _owner_or_user(session: Session, user: str | None) -> Any:
 @click.option("--label", default="", help="Human-readable name.")
 @click.option("--owner", help="Owner (user name or email) [default: the local owner].")
 @click.option("--public", is_flag=True, help="Anyone may read (ephemeral clients included).")
-@click.option("--quota", "quota_bytes", type=int, help="Storage quota in bytes [default: unlimited].")
+@click.option(
+    "--quota", "quota_bytes", type=SIZE, help="Storage quota: bytes, or with K, M, G, T (1024s) [default: unlimited]."
+)
 def create_project(
     data_dir: Path | None,
     settings_file: Path | None,
@@ -244,12 +333,11 @@ def set_public(data_dir: Path | None, settings_file: Path | None, project_id: st
 
 @_admin_command("set-quota")
 @click.argument("project_id")
-@click.argument("quota")
-def set_quota(data_dir: Path | None, settings_file: Path | None, project_id: str, quota: str) -> None:
+@click.argument("quota_bytes", metavar="QUOTA", type=SIZE)
+def set_quota(data_dir: Path | None, settings_file: Path | None, project_id: str, quota_bytes: int | None) -> None:
     """Set a project's storage quota: QUOTA bytes (suffixes K, M, G, T as powers of 1024) or "none"."""
     from .services import projects
 
-    quota_bytes = _parse_bytes(quota)
     with _database(data_dir, settings_file) as session:
         projects.get_project(session, project_id).storage_quota_bytes = quota_bytes
         click.echo(f"project {project_id}: quota {'unlimited' if quota_bytes is None else f'{quota_bytes} bytes'}")
@@ -300,19 +388,6 @@ def usage(data_dir: Path | None, settings_file: Path | None, project_id: str, as
     )
     for day in report["days"]:
         click.echo(f"{day['day']}\trequests {day['requests']}\tin {day['bytes_in']}\tout {day['bytes_out']}")
-
-
-def _parse_bytes(text: str) -> int | None:
-    value = text.strip().upper()
-    if value in ("NONE", "UNLIMITED"):
-        return None
-    factor = 1
-    if value and value[-1] in "KMGT":
-        factor = 1024 ** ("KMGT".index(value[-1]) + 1)
-        value = value[:-1]
-    if not value.isdigit():
-        raise click.BadParameter(f"{text!r} is not a size in bytes (like 500M, 2G or none)", param_hint="QUOTA")
-    return int(value) * factor
 
 
 @_admin_command("list-projects")
@@ -418,6 +493,102 @@ def list_users(data_dir: Path | None, settings_file: Path | None, as_json: bool)
     _print_rows(
         rows, as_json, lambda row: f"{row['name']}\t{row['email'] or ''}\t{'local owner' if row['local_owner'] else ''}"
     )
+
+
+@_admin_command("create-user")
+@click.argument("name")
+@click.option("--email", help="Their Google account's email, if they will also sign in with Google.")
+def create_user(data_dir: Path | None, settings_file: Path | None, name: str, email: str | None) -> None:
+    """Create a user NAME (give them projects with add-member, or a way in with invite --user NAME)."""
+    from .services import identity
+
+    with _database(data_dir, settings_file) as session:
+        user = identity.create_user(session, name, email=email)
+        click.echo(f"created user {user.name}")
+
+
+@_admin_command("remove-user")
+@click.argument("name")
+@click.option("--give-projects-to", metavar="USER", help="Who takes over the projects NAME owns.")
+def remove_user(data_dir: Path | None, settings_file: Path | None, name: str, give_projects_to: str | None) -> None:
+    """Remove a user, their clients (refused from then on), memberships and open invitations."""
+    from .services import identity
+
+    with _database(data_dir, settings_file) as session:
+        removed = identity.remove_user(session, name, give_projects_to=give_projects_to)
+    given = removed["projects_given"]
+    given_text = f"; {', '.join(given)} now owned by {give_projects_to}" if given else ""
+    click.echo(f"removed user {removed['user']} and {removed['clients']} client(s){given_text}")
+
+
+@_admin_command("invite")
+@click.argument("project_id")
+@click.option("--role", type=click.Choice(["read", "write", "admin"]), required=True, help="Role the link gives.")
+@click.option("--user", help="Whom the link registers (made if new) [default: a new user named after the person].")
+@click.option(
+    "--expires", "ttl_sec", type=DURATION, default="7d", show_default=True, help="Valid for (90m, 12h, 7d ...)."
+)
+@click.option("--url", help="The server's URL in the link [default: the running server's public URL].")
+def invite(
+    data_dir: Path | None,
+    settings_file: Path | None,
+    project_id: str,
+    role: str,
+    user: str | None,
+    ttl_sec: int,
+    url: str | None,
+) -> None:
+    """Print a one-time invitation link to PROJECT_ID with ROLE. Whoever runs `kachery-cloud-init --invite LINK`
+    (or kcl.init(invite=LINK)) with it is registered as --user (or a new user) with that role."""
+    import time
+
+    from . import runner
+    from .services import invitations
+
+    settings = load_settings(settings_file, data_dir=data_dir)
+    running = runner.read_pid_file(settings.resolved_data_dir)
+    server_url = url or (running or {}).get("public_url") or settings.resolved_public_url
+    with _database(data_dir, settings_file) as session:
+        token, invitation = invitations.create_invitation(
+            session, project_id, role, user_name=user, ttl_sec=ttl_sec, created_by=_login_name()
+        )
+    expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(invitation.expires_at_ms / 1000))
+    whom = f"as {invitation.user_name}" if invitation.user_name else "as a new user"
+    click.echo(f"invitation to {project_id} ({role}, {whom}, once, until {expires}):", err=True)
+    click.echo(invitations.link_of(server_url, token))
+    click.echo("use it with: kachery-cloud-init --invite LINK", err=True)
+
+
+@_admin_command("list-invitations")
+@click.argument("project_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_invitations(data_dir: Path | None, settings_file: Path | None, project_id: str | None, as_json: bool) -> None:
+    """List invitations (of one project, or all): role, user, state (open, used, expired)."""
+    from .services import invitations
+
+    with _database(data_dir, settings_file) as session:
+        rows = [
+            {
+                "project_id": i.project_id,
+                "role": i.role,
+                "user": i.user_name,
+                "state": invitations.invitation_state(i),
+                "created_by": i.created_by,
+                "expires_at_ms": i.expires_at_ms,
+                "used_by_client_id": i.used_by_client_id,
+            }
+            for i in invitations.list_invitations(session, project_id)
+        ]
+    _print_rows(rows, as_json, lambda r: f"{r['project_id']}\t{r['role']}\t{r['user'] or '(new user)'}\t{r['state']}")
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:

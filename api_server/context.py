@@ -4,10 +4,12 @@ Built once at start; the admin CLI works on the database alone and needs none of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .auth import RequestAuthenticator, server_id
 from .db.session import Database
 from .google_tokens import GoogleTokenVerifier
+from .owner_proof import ensure_owner_token
 from .rate_limits import LongPollSlots, RateLimiter
 from .services.blobs import BlobService
 from .services.feeds import FeedService
@@ -31,15 +33,25 @@ class ServerContext:
     tasks: TaskService
     wakeups: Wakeups
     long_polls: LongPollSlots
+    # The token the server's owner proves itself with (owner_proof), and the file that holds it.
+    owner_token: str
+    owner_token_file: Path
 
     @classmethod
     def build(cls, settings: Settings, storage: Storage) -> ServerContext:
         """Everything a server process needs, on a database brought up to date first (migrations)."""
-        db = Database(settings.resolved_database_url, sqlite_busy_timeout_sec=settings.sqlite_busy_timeout_sec)
+        db = Database(
+            settings.resolved_database_url,
+            sqlite_busy_timeout_sec=settings.sqlite_busy_timeout_sec,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_timeout_sec=settings.database_pool_timeout_sec,
+        )
         db.upgrade()
         with db.transaction() as session:
             this_server = server_id(session)
         wakeups = Wakeups(db)
+        owner_token, owner_token_file = ensure_owner_token(settings.resolved_data_dir)
         blobs = BlobService(db, storage, settings)
         google = (
             GoogleTokenVerifier(settings.google_client_id, settings.google_certs_url)
@@ -53,7 +65,9 @@ class ServerContext:
             authenticator=RequestAuthenticator(
                 db,
                 settings.signature_window_sec,
-                RateLimiter(settings.rate_limit_per_client, settings.rate_limit_per_address),
+                RateLimiter(
+                    settings.rate_limit_per_client, settings.rate_limit_per_address, settings.rate_limit_storage
+                ),
                 this_server,
             ),
             google=google,
@@ -63,6 +77,8 @@ class ServerContext:
             tasks=TaskService(db, wakeups, settings, blobs),
             wakeups=wakeups,
             long_polls=LongPollSlots(settings.max_long_polls_per_client),
+            owner_token=owner_token,
+            owner_token_file=owner_token_file,
         )
 
     @property

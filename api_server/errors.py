@@ -1,7 +1,8 @@
 """Errors the API reports, each with a stable ``error_code``. Imports nothing from the package.
 
 Every error response body is ``{"error_code": "...", "message": "..."}`` (plus ``details`` for invalid
-requests). Clients branch on ``error_code``; ``message`` is for people.
+requests, and a few named fields where an error says what to do next, such as ``owner_token_file``).
+Clients branch on ``error_code``; ``message`` is for people.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ class ApiError(Exception):
     error_code = "invalid_request"
     headers: dict[str, str] | None = None  # extra response headers
 
-    def __init__(self, message: str, *, error_code: str | None = None) -> None:
+    def __init__(self, message: str, *, error_code: str | None = None, fields: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if error_code is not None:
             self.error_code = error_code
+        # More of the answer, beside error_code and message, for clients to act on.
+        self.fields = fields or {}
 
 
 class InvalidRequest(ApiError):

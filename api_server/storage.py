@@ -188,7 +188,12 @@ class Storage:
         except Exception as e:
             if s3_error_code(e) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
-        self.client.create_bucket(Bucket=self.bucket)
+        try:
+            self.client.create_bucket(Bucket=self.bucket)
+        except Exception as e:
+            # Replicas starting together on a new bucket: one creates it, the others find it made.
+            if s3_error_code(e) != "BucketAlreadyOwnedByYou":
+                raise
 
     def probe_checksums(self) -> bool:
         """Find out what the store checks, with presigned URLs exactly as clients will use them: whether it

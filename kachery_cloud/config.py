@@ -27,6 +27,7 @@ could swap it could point a colleague at another server.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from dataclasses import dataclass, field
@@ -203,3 +204,34 @@ def _parse_config_text(path: Path, raw: bytes) -> dict[str, Any]:
         values[key] = value
     # Keys this version does not know are left alone: newer clients may share the same directory.
     return values
+
+
+def save_api_url(config: ClientConfig, api_url: str) -> None:
+    """Write ``api_url`` into this client directory's config.yaml, keeping its other settings (atomically: a
+    kill leaves the old file or the new one). Not in a shared (lab) directory, whose config only its owner sets."""
+    import yaml
+
+    if _shared_by(config.dir) is not None:
+        raise ConfigError(
+            f"{config.dir} is a shared lab directory: its owner sets the server, with `kachery-cloud multiuser init "
+            f"{config.dir} --group GROUP --api-url {api_url}`"
+        )
+    path = config.dir / CONFIG_FILE_NAME
+    config.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    values: dict[str, Any] = {}
+    if path.exists():
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must contain a mapping of settings; fix or remove it")
+    values["api_url"] = api_url
+    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(values, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)

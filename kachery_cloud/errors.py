@@ -108,13 +108,17 @@ class ServerUnreachableError(NotConnectedError, ConnectionError):
 class ServerError(KacheryCloudError):
     """The API server answered with an error.
 
-    ``error_code`` is the server's stable code (for example ``project_not_found``); ``status`` the HTTP status.
+    ``error_code`` is the server's stable code (for example ``project_not_found``); ``status`` the HTTP status;
+    ``fields`` the rest of the server's error answer (what some errors say to do next).
     """
 
-    def __init__(self, message: str, *, error_code: str = "server_error", status: int = 500) -> None:
+    def __init__(
+        self, message: str, *, error_code: str = "server_error", status: int = 500, fields: dict | None = None
+    ) -> None:
         super().__init__(message)
         self.error_code = error_code
         self.status = status
+        self.fields = fields or {}
 
 
 class AuthenticationError(ServerError):

@@ -1,58 +1,164 @@
 """Layer 7: registering this client with the API server (``kachery-cloud-init`` / ``kcl.init()``) and what
 the client knows about itself.
 
-On the embedded server (local mode) registration is immediate. On a hosted server (Google mode) init prints a
-link, the person signs in on the server's page, and init polls until the server has linked the client, so it
-needs no Enter key and works in Jupyter and Colab.
+Three ways in:
+
+- the server's owner, on the server's machine: init reads the owner-token file the server names (only the Unix
+  user who runs the server can) and is linked to the owner at once;
+- an invitation link from an admin (``kachery-cloud-server admin invite``): ``init(invite=LINK)`` registers the
+  client as the invitation's user, with its role in its project, and points this client directory at that
+  server;
+- Google sign-in on a hosted server: init prints a link, the person signs in on the server's page, and init
+  polls until the server has linked the client, so it needs no Enter key and works in Jupyter and Colab.
 """
 
 from __future__ import annotations
 
 import getpass
 import html
+import os
+import re
 import socket
+import stat
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._notebook import in_notebook
-from .config import load_config
+from .config import DEFAULT_API_URL, ENV_API_URL, load_config, save_api_url
 from .errors import ConfigError, NotRegisteredError, ServerError
 from .identity import load_identity
 
 REGISTRATION_TIMEOUT_SEC = 15 * 60
+OWNER_TOKEN_FILE = "owner-token"  # named by the server (api_server/owner_proof.py)
+_OWNER_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{40,100}")
+INVITE_PATH_PART = "/invite/"
+_INVITE_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{20,64}")
 
 
-def init(label: str | None = None, *, quiet: bool = False, timeout_sec: float = REGISTRATION_TIMEOUT_SEC) -> dict:
+def init(
+    label: str | None = None,
+    *,
+    quiet: bool = False,
+    timeout_sec: float = REGISTRATION_TIMEOUT_SEC,
+    invite: str | None = None,
+) -> dict:
     """Register this client with the API server (once per ``KACHERY_CLOUD_DIR``) and return its info.
 
-    Creates the client's key pair on first use. Already registered: returns at once. The returned dict
-    has ``client_id``, ``user``, ``default_project_id``, ``projects`` and ``server_url``.
+    Creates the client's key pair on first use. Already registered: returns at once. With ``invite`` (a link
+    from ``kachery-cloud-server admin invite``): joins that server's project with the link's role, and points
+    this client directory at that server. The returned dict has ``client_id``, ``user``, ``default_project_id``,
+    ``projects`` and ``server_url``.
 
     Example::
 
         import kachery_cloud as kcl
         kcl.init()
+        kcl.init(invite="http://lab-server:7733/invite/...")
     """
     from ._connection import api_client, forget_clients
 
     config = load_config()
     if config.ephemeral:
         raise ConfigError("ephemeral mode (KACHERY_CLOUD_EPHEMERAL) has no client identity to register; unset it")
-    forget_clients()
-    client = api_client(config)
-    try:
-        info = client.call("GET", "/api/clients/me")
-    except NotRegisteredError:
-        answer = client.call("POST", "/api/clients/register", json_body={"label": label or _default_label()})
-        if answer["status"] == "registered":
-            info = answer["client"]
-        else:
-            _show_link(answer, quiet=quiet)
-            _wait_until_linked(client, answer, timeout_sec=min(timeout_sec, _seconds_left(answer)))
+    label = label or _default_label()
+    if invite is not None:
+        info = _accept_invitation(config, invite, label, quiet=quiet)
+    else:
+        forget_clients()
+        client = api_client(config)
+        try:
             info = client.call("GET", "/api/clients/me")
+        except NotRegisteredError:
+            info = _register(client, label, quiet=quiet, timeout_sec=timeout_sec)
     if not quiet:
         print(_describe(info))
     return info
+
+
+def _register(client: Any, label: str, *, quiet: bool, timeout_sec: float) -> dict:
+    try:
+        answer = client.call("POST", "/api/clients/register", json_body={"label": label})
+    except ServerError as e:
+        if e.error_code != "owner_proof_required":
+            raise
+        answer = _register_as_owner(client, label, e.fields.get("owner_token_file"), refusal=e)
+    if answer["status"] == "registered":
+        return answer["client"]
+    _show_link(answer, quiet=quiet)
+    _wait_until_linked(client, answer, timeout_sec=min(timeout_sec, _seconds_left(answer)))
+    return client.call("GET", "/api/clients/me")
+
+
+def _register_as_owner(client: Any, label: str, token_file: str | None, *, refusal: ServerError) -> dict:
+    token = _read_owner_token(token_file) if token_file else None
+    if token is None:
+        raise NotRegisteredError(
+            f"the kachery-cloud server at {client.base_url} registers without an invitation only the Unix user who "
+            f"runs it, and you ({_login_name()}) are not that user. Ask its admin for an invitation "
+            "(kachery-cloud-server admin invite PROJECT --role write), then run: kachery-cloud-init --invite LINK",
+            error_code="owner_proof_required",
+            status=refusal.status,
+        ) from None
+    return client.call("POST", "/api/clients/register", json_body={"label": label, "owner_token": token})
+
+
+def _read_owner_token(path_text: str) -> str | None:
+    """The token in the server's owner-token file, if this user can read it; None otherwise. The server names
+    the file, so only a file that looks like one is read (named owner-token, this user's, private, one token):
+    a fake server on this machine cannot make init send it the contents of another file."""
+    path = Path(path_text)
+    if path.name != OWNER_TOKEN_FILE or not path.is_absolute():
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            return None
+        token = f.read(200).decode("ascii", "replace").strip()
+    return token if _OWNER_TOKEN_RE.fullmatch(token) else None
+
+
+def _accept_invitation(config: Any, link: str, label: str, *, quiet: bool) -> dict:
+    from ._connection import api_client, forget_clients
+
+    server_url, token = parse_invitation_link(link)
+    if config.api_url and config.api_url.rstrip("/") != server_url:
+        source = "KACHERY_CLOUD_API_URL" if os.environ.get(ENV_API_URL, "").strip() else f"{config.dir}/config.yaml"
+        raise ConfigError(
+            f"this invitation is for the server at {server_url}, but this client uses {config.api_url} ({source}); "
+            "use another KACHERY_CLOUD_DIR for the second server, or change that setting"
+        )
+    if config.api_url is None and server_url != DEFAULT_API_URL:
+        save_api_url(config, server_url)
+        config = load_config()
+    forget_clients()
+    client = api_client(config)
+    answer = client.call(
+        "POST",
+        "/api/invitations/accept",
+        json_body={"token": token, "label": label, "user_name": _login_name()},
+    )
+    if not quiet:
+        print(f"Joined project {answer['project_id']} as {answer['client']['user']} (role {answer['role']})")
+    return answer["client"]
+
+
+def parse_invitation_link(link: str) -> tuple[str, str]:
+    """``http://host:7733/invite/<secret>`` → (``http://host:7733``, ``<secret>``)."""
+    text = link.strip()
+    parts = urlsplit(text)
+    base, sep, token = parts.path.rpartition(INVITE_PATH_PART)
+    if parts.scheme not in ("http", "https") or not parts.netloc or not sep or not _INVITE_TOKEN_RE.fullmatch(token):
+        raise ConfigError(
+            f"{text[:200]!r} is not an invitation link; it looks like http://<server>/invite/<code>, as printed by "
+            "kachery-cloud-server admin invite"
+        )
+    return f"{parts.scheme}://{parts.netloc}{base}".rstrip("/"), token
 
 
 def get_client_id() -> str:
@@ -85,11 +191,14 @@ def get_project_id() -> str:
 
 
 def _default_label() -> str:
+    return f"{_login_name()}@{socket.gethostname()}"[:255]
+
+
+def _login_name() -> str:
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except (KeyError, OSError):
-        user = "user"
-    return f"{user}@{socket.gethostname()}"[:255]
+        return "user"
 
 
 def _show_link(answer: dict[str, Any], *, quiet: bool) -> None:

@@ -117,6 +117,25 @@ class Registration(Base):
     expires_at_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class Invitation(Base):
+    """A one-time link an admin made: whoever opens it with kachery-cloud-init becomes ``user_name`` (made if new;
+    a new user of their own if none is named) with ``role`` in the project. Only the SHA-256 of the link's
+    secret is kept, so a copy of the database lets nobody in."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (CheckConstraint("role IN ('read', 'write', 'admin')", name="role"),)
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    user_name: Mapped[str | None] = mapped_column(String(255))
+    created_by: Mapped[str] = mapped_column(String(255), default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+    used_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    used_by_client_id: Mapped[str | None] = mapped_column(String(64))
+
+
 class ServerIdentity(Base):
     """One row: the id this server (all its replicas) signs requests for. Made by migration 0007."""
 

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from ..errors import AuthenticationFailed, Forbidden, InvalidRequest
-from ..services import identity
+from ..owner_proof import is_owner_token
+from ..services import identity, invitations
 from ..settings import is_loopback_host
 from .deps import ContextDep, OptionalCaller, RegisteredCaller
 
@@ -34,6 +35,23 @@ class ClientInfo(BaseModel):
 
 class RegisterRequest(BaseModel):
     label: str = Field("", max_length=identity.MAX_LABEL_LENGTH)
+    # The content of the server's owner-token file: proves the caller is the Unix user who runs the server.
+    owner_token: str | None = Field(None, max_length=200)
+
+
+class AcceptInvitationRequest(BaseModel):
+    token: str = Field(..., min_length=1, max_length=200, description="the secret at the end of the invitation link")
+    label: str = Field("", max_length=identity.MAX_LABEL_LENGTH)
+    user_name: str = Field(
+        "", max_length=255, description="the name a new user is called after, when the invitation names none"
+    )
+
+
+class AcceptedInvitation(BaseModel):
+    project_id: str
+    role: Literal["read", "write", "admin"]
+    new_user: bool
+    client: ClientInfo
 
 
 class RegisterResponse(BaseModel):
@@ -66,7 +84,9 @@ class GoogleRegistrationResult(BaseModel):
 def register(body: RegisterRequest, request: Request, caller: OptionalCaller, context: ContextDep) -> RegisterResponse:
     """Register the signing client. The signature proves the caller holds the private key of the client id.
 
-    Local mode (embedded server on loopback): the client is linked to the server's owner at once.
+    The server's owner (on this machine, with the content of its owner-token file as ``owner_token``): linked
+    to the owner at once. Without the token, in local mode: 403 ``owner_proof_required``, naming the file in
+    ``owner_token_file`` (only the owner can read it; everyone else joins by invitation).
     Google mode: a pending registration is created; a person opens ``registration_url`` and signs in.
     """
     if caller.client_id is None:
@@ -81,13 +101,26 @@ def register(body: RegisterRequest, request: Request, caller: OptionalCaller, co
             return RegisterResponse(
                 status="registered", client=ClientInfo(**identity.client_info(session, existing, context.server_url))
             )
-        if mode == "local":
-            if not _is_loopback(request):
-                raise Forbidden("local registration is only open to this machine", error_code="registration_disabled")
+        if body.owner_token is not None and mode != "none":
+            _check_owner_token(request, context, body.owner_token)
             owner = identity.ensure_local_owner(session)
             client = identity.link_client(session, owner, caller.client_id, label)
             return RegisterResponse(
                 status="registered", client=ClientInfo(**identity.client_info(session, client, context.server_url))
+            )
+        if mode == "local":
+            if not _is_loopback(request):
+                raise Forbidden(
+                    "this server registers its owner from its own machine only; others join with an invitation "
+                    "from its admin (kachery-cloud-init --invite LINK)",
+                    error_code="registration_disabled",
+                )
+            raise Forbidden(
+                "only the Unix user who runs this server registers here without an invitation (by reading "
+                f"{context.owner_token_file}); anyone else: ask its admin for an invitation "
+                "(kachery-cloud-server admin invite PROJECT --role write), then run kachery-cloud-init --invite LINK",
+                error_code="owner_proof_required",
+                fields={"owner_token_file": str(context.owner_token_file)},
             )
         if mode == "google":
             registration = identity.start_registration(
@@ -154,6 +187,37 @@ def me(caller: RegisteredCaller, context: ContextDep) -> ClientInfo:
         if client is None:  # removed between authentication and here
             raise InvalidRequest("client was removed")
         return ClientInfo(**identity.client_info(session, client, context.server_url))
+
+
+@router.post("/invitations/accept", response_model=AcceptedInvitation)
+def accept_invitation(body: AcceptInvitationRequest, caller: OptionalCaller, context: ContextDep) -> AcceptedInvitation:
+    """Use a one-time invitation link (``kachery-cloud-init --invite LINK``): the signing client is registered as
+    the invitation's user (made if new) with its role in its project; an already registered client's user gets
+    the role. Used, expired and unknown links: 409 ``invitation_used``, 410 ``invitation_expired``, 404
+    ``invitation_not_found``."""
+    if caller.client_id is None:
+        raise AuthenticationFailed(
+            "accepting an invitation must be signed with the client's private key", error_code="missing_signature"
+        )
+    label = identity.clean_label(body.label)
+    with context.db.transaction() as session:
+        accepted = invitations.accept(session, body.token, caller.client_id, label, suggested_name=body.user_name)
+        return AcceptedInvitation(
+            project_id=accepted.project_id,
+            role=accepted.role,  # type: ignore[arg-type]
+            new_user=accepted.new_user,
+            client=ClientInfo(**identity.client_info(session, accepted.client, context.server_url)),
+        )
+
+
+def _check_owner_token(request: Request, context: ContextDep, token: str) -> None:
+    # From this machine only: the token file never leaves it, and nothing else should ever send it.
+    if not _is_loopback(request) or not is_owner_token(context.owner_token, token):
+        raise Forbidden(
+            "that is not this server's owner token (the server makes a new one if its file is changed); run "
+            "kachery-cloud-init again on the server's machine as the user who runs it",
+            error_code="wrong_owner_token",
+        )
 
 
 def _is_loopback(request: Request) -> bool:

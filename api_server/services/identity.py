@@ -44,7 +44,7 @@ def ensure_local_owner(session: Session) -> User:
     owner = session.scalars(select(User).where(User.is_local_owner.is_(True))).first()
     if owner is None:
         name = f"{_login_name()}@localhost"
-        owner = User(name=_unique_user_name(session, name), is_local_owner=True)
+        owner = User(name=unique_user_name(session, name), is_local_owner=True)
         session.add(owner)
         session.flush()
     if session.get(projects.Project, DEFAULT_PROJECT_ID) is None:
@@ -60,6 +60,58 @@ def find_user(session: Session, name_or_email: str) -> User:
     return user
 
 
+def create_user(session: Session, name: str, *, email: str | None = None) -> User:
+    """A new user (who will join by invitation, or sign in with Google as ``email``)."""
+    from .invitations import validate_user_name
+
+    name = validate_user_name(name)
+    if session.scalars(select(User).where(User.name == name)).first() is not None:
+        raise Conflict(f"there is already a user named {name!r}", error_code="user_exists")
+    if email is not None:
+        email = email.strip().lower()
+        if "@" not in email:
+            raise InvalidRequest(f"{email!r} is not an email address")
+        if session.scalars(select(User).where(User.email == email)).first() is not None:
+            raise Conflict(f"another user has the email {email}", error_code="email_taken")
+    user = User(name=name, email=email)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def remove_user(session: Session, name: str, *, give_projects_to: str | None = None) -> dict[str, Any]:
+    """Remove a user with their clients (whose signatures are refused from then on), memberships and the open
+    invitations naming them. Projects they own go to ``give_projects_to`` (who becomes their admin); without
+    it, owning a project stops the removal. The server's owner cannot be removed."""
+    from ..db.models import Invitation, Membership
+
+    user = find_user(session, name)
+    if user.is_local_owner:
+        raise Conflict(f"{user.name} is this server's owner and cannot be removed", error_code="owner_role")
+    owned = list(session.scalars(select(projects.Project).where(projects.Project.owner_user_id == user.id)))
+    if owned and give_projects_to is None:
+        raise Conflict(
+            f"{user.name} owns {', '.join(p.id for p in owned)}; name who takes them over with --give-projects-to",
+            error_code="owns_projects",
+        )
+    if owned:
+        heir = find_user(session, give_projects_to or "")
+        if heir.id == user.id:
+            raise InvalidRequest("a user cannot take over their own projects")
+        for project in owned:
+            project.owner_user_id = heir.id
+            projects.set_member(session, project.id, heir, "admin")
+    client_ids = list(session.scalars(select(Client.id).where(Client.user_id == user.id)))
+    for client_id in client_ids:
+        remove_client(session, client_id)
+    session.execute(delete(Membership).where(Membership.user_id == user.id))
+    session.execute(delete(Registration).where(Registration.user_id == user.id))
+    session.execute(delete(Invitation).where(Invitation.user_name == user.name, Invitation.used_at_ms.is_(None)))
+    session.delete(user)
+    session.flush()
+    return {"user": user.name, "clients": len(client_ids), "projects_given": [p.id for p in owned]}
+
+
 def find_or_add_user_by_email(session: Session, email: str) -> User:
     """The user with this email, or a new one who has not signed in yet (so admins can add people before
     they first sign in with Google)."""
@@ -68,7 +120,7 @@ def find_or_add_user_by_email(session: Session, email: str) -> User:
         raise InvalidRequest(f"{email!r} is neither a known user name nor an email address")
     user = session.scalars(select(User).where(User.email == email)).first()
     if user is None:
-        user = User(name=_unique_user_name(session, email), email=email)
+        user = User(name=unique_user_name(session, email), email=email)
         session.add(user)
         session.flush()
     return user
@@ -88,7 +140,7 @@ def user_for_google_identity(session: Session, identity: GoogleIdentity, default
         if user is not None:
             user.google_sub = identity.sub
     if user is None:
-        user = User(name=_unique_user_name(session, identity.email), email=identity.email, google_sub=identity.sub)
+        user = User(name=unique_user_name(session, identity.email), email=identity.email, google_sub=identity.sub)
         session.add(user)
         session.flush()
     if user.default_project_id is None and not projects.projects_of_user(session, user):
@@ -98,7 +150,7 @@ def user_for_google_identity(session: Session, identity: GoogleIdentity, default
     return user
 
 
-def _unique_user_name(session: Session, wanted: str) -> str:
+def unique_user_name(session: Session, wanted: str) -> str:
     name, n = wanted, 1
     while session.scalar(select(func.count()).select_from(User).where(User.name == name)):
         n += 1

@@ -240,11 +240,12 @@ class ApiClient:
         raise error
 
     def _error_from(self, response: requests.Response, method: str, path: str) -> ServerError:
-        code, message = "http_error", ""
+        code, message, fields = "http_error", "", {}
         try:
             body = response.json()
             code = str(body.get("error_code") or code)
             message = str(body.get("message") or "")
+            fields = {k: v for k, v in body.items() if k not in ("error_code", "message") and isinstance(v, str)}
         except (ValueError, AttributeError):
             message = response.text[:200].strip()
         message = message or f"HTTP {response.status_code}"
@@ -260,7 +261,7 @@ class ApiClient:
             message = f"{message} (the server at {self.base_url} refused the request)"
         elif cls is ServerError and response.status_code >= 500:
             message = f"{method} {path} failed on the server at {self.base_url}: {message}"
-        return cls(message, error_code=code, status=response.status_code)
+        return cls(message, error_code=code, status=response.status_code, fields=fields)
 
 
 def _wait_backoff_or_retry_after(retry_state: tenacity.RetryCallState) -> float:

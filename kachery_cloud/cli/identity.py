@@ -11,10 +11,16 @@ from ._errors import handle_errors
 
 @click.command()
 @click.option("--label", help="Label for this client on the server [default: user@hostname].")
+@click.option(
+    "--invite",
+    metavar="LINK",
+    help="An invitation link from the server's admin (kachery-cloud-server admin invite): join its project.",
+)
 @handle_errors
-def init(label: str | None) -> None:
-    """Register this client with the API server (prints a sign-in link on a hosted server)."""
-    registration.init(label=label)
+def init(label: str | None, invite: str | None) -> None:
+    """Register this client with the API server: as the server's owner on its machine, with an invitation link,
+    or (on a server with Google sign-in) by signing in at the link it prints."""
+    registration.init(label=label, invite=invite)
 
 
 @click.command()

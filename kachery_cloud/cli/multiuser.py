@@ -33,5 +33,6 @@ def init(directory: str, group: str, api_url: str | None, project: str | None) -
     click.echo(
         "Members use it with:\n"
         f"  export KACHERY_CLOUD_DIR={lab.path}\n"
-        "Register the lab's client with the server once (any member): kachery-cloud-init"
+        "Register the lab's client with the server once (any member), with an invitation from its admin:\n"
+        "  kachery-cloud-init --invite LINK"
     )

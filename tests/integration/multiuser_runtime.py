@@ -22,6 +22,10 @@ import kachery_cloud
 GROUP = "kctestlab"
 USERS = ("kctestalice", "kctestbob")
 DEPENDENCIES = ("click", "filelock", "numpy", "PyYAML", "tqdm")
+# What a client that talks to a server needs besides.
+NETWORK_DEPENDENCIES = (
+    *("requests", "urllib3", "idna", "charset-normalizer", "certifi", "cryptography", "cffi", "tenacity"),
+)
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,13 @@ def ensure_lab_users() -> list[LabUser]:
     return users
 
 
-def build_runtime(root: Path, user: LabUser) -> tuple[str, dict[str, str]]:
-    """An interpreter path and environment under which ``user`` can import kachery_cloud."""
+def build_runtime(root: Path, user: LabUser, *, network: bool = False) -> tuple[str, dict[str, str]]:
+    """An interpreter path and environment under which ``user`` can import kachery_cloud (and, with ``network``,
+    talk to a server)."""
     site = root / "site"
     site.mkdir(parents=True)
     shutil.copytree(Path(kachery_cloud.__file__).parent, site / "kachery_cloud")
-    for name in DEPENDENCIES:
+    for name in DEPENDENCIES + (NETWORK_DEPENDENCIES if network else ()):
         _copy_distribution(name, site)
     for path in [root, *root.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
