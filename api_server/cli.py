@@ -180,6 +180,8 @@ def _where(info: dict[str, Any], data_dir: Path) -> str:
     shown = f"{info['url']} (pid {info['pid']})"
     if public and public != info["url"]:
         shown += f", public URL {public}"
+    if info.get("store_url"):
+        shown += f", embedded store for clients at {info['store_url']}"
     return f"{shown}, data in {info.get('data_dir') or data_dir}"
 
 

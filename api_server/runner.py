@@ -128,7 +128,9 @@ def _run_foreground(settings: Settings, *, announce: bool) -> None:
             owner_name = owner.name
         app = create_app(context)
         own_url = listen_url(settings)
-        _write_pid_file(data_dir, own_url, settings.resolved_public_url)
+        # Where clients reach the embedded store, when it serves other machines (start prints it).
+        store_url = s3.client_endpoint_url if embedded is not None and settings.serves_other_machines else None
+        _write_pid_file(data_dir, own_url, settings.resolved_public_url, store_url)
         if announce:
             store = f"embedded nanio at {s3.endpoint_url}" if embedded else f"{s3.endpoint_url} bucket {s3.bucket}"
             if s3.client_endpoint_url and s3.client_endpoint_url != s3.endpoint_url:
@@ -291,9 +293,11 @@ def listen_url(settings: Settings) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
 
 
-def _write_pid_file(data_dir: Path, url: str, public_url: str) -> None:
+def _write_pid_file(data_dir: Path, url: str, public_url: str, store_url: str | None) -> None:
     temp = data_dir / f".{PID_FILE}.{os.getpid()}"
     info = {"pid": os.getpid(), "url": url, "public_url": public_url, "data_dir": str(data_dir)}
+    if store_url:
+        info["store_url"] = store_url
     temp.write_text(json.dumps(info))
     os.replace(temp, data_dir / PID_FILE)
 

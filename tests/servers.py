@@ -56,6 +56,10 @@ class RunningServer:
             raise AssertionError(f"admin {args} failed: {result.stderr}")
         return result
 
+    def owner_token(self) -> str:
+        """What proves the server's owner at registration (``owner_token`` of POST /api/clients/register)."""
+        return (self.data_dir / "owner-token").read_text().strip()
+
     def child_pids(self) -> list[int]:
         return descendants(self.process.pid)
 

@@ -214,8 +214,8 @@ def _check_owner_token(request: Request, context: ContextDep, token: str) -> Non
     # From this machine only: the token file never leaves it, and nothing else should ever send it.
     if not _is_loopback(request) or not is_owner_token(context.owner_token, token):
         raise Forbidden(
-            "that is not this server's owner token (the server makes a new one if its file is changed); run "
-            "kachery-cloud-init again on the server's machine as the user who runs it",
+            "that is not this server's owner token (it reads its owner-token file when it starts: restart it if "
+            "the file was changed); run kachery-cloud-init on the server's machine as the user who runs it",
             error_code="wrong_owner_token",
         )
 

@@ -127,8 +127,12 @@ def invitation_state(invitation: Invitation) -> str:
     return "expired" if invitation.expires_at_ms <= now_ms() else "open"
 
 
+def find(session: Session, token: str) -> Invitation | None:
+    return session.get(Invitation, _digest(token)) if _TOKEN_RE.fullmatch(token) else None
+
+
 def _open(session: Session, token: str) -> Invitation:
-    invitation = session.get(Invitation, _digest(token)) if _TOKEN_RE.fullmatch(token) else None
+    invitation = find(session, token)
     if invitation is None:
         raise NotFound(
             "this invitation link is not valid on this server; check that it was copied whole",

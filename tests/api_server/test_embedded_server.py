@@ -162,6 +162,35 @@ def test_background_start_then_status_and_stop(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_server_for_other_machines_names_its_own_url_its_store_and_its_data_dir(tmp_path: Path) -> None:
+    """start/status/stop name this process's URL (not the public one), the store's URL for clients, and the data
+    directory, and say how to stop it; the store listens on the port asked for, where the API listens."""
+    data_dir, port, store_port = tmp_path / "lab", free_port(), free_port()
+    public = "http://127.0.0.2:9999"  # a balancer's, say: not this process's
+    started = server_cli(
+        *("start", "--background", "--data-dir", str(data_dir), "--host", "0.0.0.0", "--port", str(port)),
+        *("--public-url", public, "--store-port", str(store_port)),
+    )
+    assert started.returncode == 0, started.stderr
+    pid = int(started.stdout.split("(pid ")[1].split(")")[0])
+    try:
+        assert started.stdout.startswith(f"kachery-cloud-server running at http://127.0.0.1:{port} (pid {pid})")
+        assert f"public URL {public}" in started.stdout
+        assert f"embedded store for clients at http://127.0.0.2:{store_port}" in started.stdout
+        assert f"data in {data_dir}" in started.stdout
+        assert f"stop it with: kachery-cloud-server stop --data-dir {data_dir}" in started.stdout
+        # The store answers on every address, as the API does (an unsigned request: refused, but answered).
+        assert requests.get(f"http://127.0.0.2:{store_port}/", timeout=10).status_code in (400, 403)
+        status = server_cli("status", "--data-dir", str(data_dir))
+        assert f"http://127.0.0.1:{port} (pid {pid})" in status.stdout and str(data_dir) in status.stdout
+        stopped = server_cli("stop", "--data-dir", str(data_dir))
+        assert stopped.returncode == 0 and f"stopped the server at http://127.0.0.1:{port}" in stopped.stdout
+        assert f"data in {data_dir}" in stopped.stdout
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_an_external_store_from_the_settings_file_is_used(tmp_path: Path) -> None:
     # A nanio started by the test stands in for an external S3 service; the server must not start its own.
     port = free_port()

@@ -17,6 +17,10 @@ from kachery_cloud.errors import ConfigError, NotRegisteredError, PermissionDeni
 from ..helpers import BIN, switch_client
 from ..servers import RunningServer
 
+# What depends on the database (a link used once when four clients race for it) runs on SQLite and PostgreSQL;
+# the rest, which only the CLI and the rules decide, on SQLite alone.
+sqlite_only = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+
 
 def invite(server: RunningServer, project: str, role: str, *extra: str) -> str:
     """The link ``admin invite`` prints (its only line on stdout)."""
@@ -54,6 +58,7 @@ def test_an_invitation_makes_a_new_user_with_its_role_and_a_read_member_cannot_w
     assert kcl.get_mutable("@reader/x") is None
 
 
+@sqlite_only
 def test_a_link_works_once_and_until_it_expires(
     registered: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -102,6 +107,7 @@ def test_four_clients_racing_for_one_link_register_one(registered: RunningServer
     assert len(clients) == before + 1  # the winner's
 
 
+@sqlite_only
 def test_an_invitation_for_a_named_user_and_one_more_project(
     registered: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -128,6 +134,7 @@ def test_an_invitation_for_a_named_user_and_one_more_project(
     assert refused.returncode == 1 and "owner" in refused.stderr
 
 
+@sqlite_only
 def test_a_link_for_another_server_than_the_configured_one_is_refused(
     registered: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -137,6 +144,7 @@ def test_a_link_for_another_server_than_the_configured_one_is_refused(
         kcl.init(invite=link, quiet=True)
 
 
+@sqlite_only
 def test_without_a_configured_server_the_link_sets_it(
     registered: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -149,6 +157,7 @@ def test_without_a_configured_server_the_link_sets_it(
     assert kcl.get_client_info()["client_id"] == info["client_id"]
 
 
+@sqlite_only
 def test_users_are_created_listed_and_removed(
     registered: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -174,6 +183,7 @@ def test_users_are_created_listed_and_removed(
     assert projects["doras"]["owner"] == owner and projects["doras"]["members"] == {owner: "admin"}
 
 
+@sqlite_only
 def test_every_size_argument_takes_suffixes(registered: RunningServer) -> None:
     registered.admin("create-project", "sized", "--quota", "1K")
     registered.admin("set-quota", "default", "2.5M")
@@ -185,3 +195,19 @@ def test_every_size_argument_takes_suffixes(registered: RunningServer) -> None:
     assert bad.returncode == 2 and "is not a size" in bad.stderr and "Traceback" not in bad.stderr
     bad = registered.admin("invite", "default", "--role", "read", "--expires", "soon", check=False)
     assert bad.returncode == 2 and "is not a duration" in bad.stderr
+
+
+@sqlite_only
+def test_a_link_opened_in_a_browser_says_what_to_run_and_stays_unused(
+    registered: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import requests
+
+    link = invite(registered, "default", "read")
+    page = requests.get(link, timeout=30)
+    assert page.status_code == 200 and f"kachery-cloud-init --invite {link}" in page.text
+    join(monkeypatch, tmp_path / "after-looking", link)  # looking did not use it up
+    used = requests.get(link, timeout=30)
+    assert used.status_code == 409 and "already used" in used.text
+    forged = requests.get(link.rsplit("/", 1)[0] + "/<script>alert(1)</script>", timeout=30)
+    assert forged.status_code == 404 and "<script>" not in forged.text

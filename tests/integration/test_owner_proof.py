@@ -20,7 +20,11 @@ from ..helpers import new_identity, signed_headers
 from ..servers import RunningServer
 from .multiuser_runtime import LabUser, build_runtime, ensure_lab_users, is_root, run_as
 
-pytestmark = pytest.mark.skipif(not is_root(), reason="making a second Unix user needs root")
+pytestmark = [
+    pytest.mark.skipif(not is_root(), reason="making a second Unix user needs root"),
+    # The proof is decided before the database is asked anything: SQLite is enough.
+    pytest.mark.parametrize("server", ["sqlite"], indirect=True),
+]
 
 REGISTER = """
 import json, sys

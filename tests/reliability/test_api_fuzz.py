@@ -75,7 +75,11 @@ EXAMPLES_SOAK = 300
 SERVER_SETTINGS = {"rate_limit_per_client": None, "rate_limit_per_address": None}
 
 # The operations that do not look at signatures at all; every other one authenticates the caller.
-UNAUTHENTICATED = {("GET", "/api/health"), ("POST", "/api/registrations/{registration_id}/google")}
+UNAUTHENTICATED = {
+    ("GET", "/api/health"),
+    ("GET", "/api/health/ready"),
+    ("POST", "/api/registrations/{registration_id}/google"),
+}
 # Ways of getting a signature wrong. None of them may ever be answered with a 2xx by an authenticating operation.
 FORGED = ("partial", "malformed", "random_signature", "stale", "tampered", "replayed", "other_server", "v1")
 # 401 codes that mean "your signature is wrong": never the answer to a request signed correctly.
@@ -215,10 +219,12 @@ def _post_signed(target_url: str, identity: ClientIdentity, path: str, payload: 
 
 
 def _prepare(server: RunningServer, backend: str) -> FuzzTarget:
-    """Register a client (signed by its own key, local mode) and create rows for the fuzzer to hit."""
+    """Register a client (signed by its own key, as the owner, local mode) and create rows for the fuzzer to hit."""
     identity = new_identity()
     url = server.url
-    registered = _post_signed(url, identity, "/api/clients/register", {"label": "fuzzer"})
+    registered = _post_signed(
+        url, identity, "/api/clients/register", {"label": "fuzzer", "owner_token": server.owner_token()}
+    )
     assert registered["status"] == "registered", registered
     public_project = f"fuzz-open-{secrets.token_hex(3)}"
     server.admin("create-project", public_project, "--public")  # owned by the local owner, as is our client

@@ -3,6 +3,7 @@ client's budget by naming it), unsigned and forged requests by address, and wait
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -41,7 +42,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
 def registered_identity(server: RunningServer) -> ClientIdentity:
     """A fresh client registered for the server's owner, as a second machine of the same person would be."""
     identity = new_identity()
-    body = b'{"label":"rate-limit test"}'
+    body = json.dumps({"label": "rate-limit test", "owner_token": server.owner_token()}).encode()
     for _ in range(3):
         headers = {
             "Content-Type": "application/json",
