@@ -47,6 +47,7 @@ log = logging.getLogger("kachery_cloud.tasks")
 _CLAIM_TIMEOUT_MARGIN_SEC = 30.0  # on top of the claim's long-poll
 _UNREACHABLE_PAUSE_SEC = 2.0  # between attempts to reach a restarting server
 _PROGRESS_MIN_INTERVAL_SEC = 0.25  # progress messages are sent at most this often per worker
+_RELEASE_AGAIN_SEC = 1.0  # while stopping, how often a claim still waiting on the server is released again
 _SIGNAL_CHECK_SEC = 0.2  # how soon the main thread notices a stop or hand-back flag set by a signal
 _current = threading.local()  # .reporter: the progress reporter of the task running in this thread
 
@@ -92,6 +93,11 @@ class TaskBackend:
         self._stopping = threading.Event()  # no more claims
         self._ended = threading.Event()  # run() has returned: no more lease renewals
         self._hand_back = threading.Event()  # a second Ctrl-C: hand the running tasks back now
+        # No claim is on its way or waiting on the server (set), and once _stopping is set under the gate, none
+        # starts: a stop can then tell when its release has ended the last one.
+        self._claim_gate = threading.Lock()
+        self._no_claim = threading.Event()
+        self._no_claim.set()
         self._worker_id = ""
         self._lease_sec = 30.0
         self._config: ClientConfig | None = None
@@ -118,7 +124,17 @@ class TaskBackend:
     def stop(self) -> None:
         """Stop claiming tasks; :meth:`run` returns once the running ones have finished. Callable from any thread."""
         self._stopping.set()
-        self._release_quietly()  # also ends our waiting claim, on the server
+        self._end_claims()
+
+    def _end_claims(self) -> None:
+        """Release, which also ends our claim waiting on the server, until no claim is left. One sent just before
+        the stop may reach the server after the first release: it would wait its whole 30 s there."""
+        with self._claim_gate:  # _stopping is set: from here on no claim starts
+            pass
+        while True:
+            self._release_quietly()
+            if self._no_claim.wait(_RELEASE_AGAIN_SEC):
+                return
 
     def _release_quietly(self) -> None:
         if self._config is not None:
@@ -162,8 +178,10 @@ class TaskBackend:
                 while len(self._running) >= self._num_workers and not self._stopping.is_set():
                     self._changed.wait(_SIGNAL_CHECK_SEC)
                 free = self._num_workers - len(self._running)
-            if self._stopping.is_set():
-                return
+            with self._claim_gate:
+                if self._stopping.is_set():
+                    return
+                self._no_claim.clear()
             wait_ms = MAX_WAIT_SEC * 1000
             body = {"handlers": handlers, "worker_id": self._worker_id, "max_tasks": free, "wait_ms": wait_ms}
             try:
@@ -175,6 +193,8 @@ class TaskBackend:
                 log.warning("%s; trying again", e)
                 self._stopping.wait(_UNREACHABLE_PAUSE_SEC)
                 continue
+            finally:
+                self._no_claim.set()
             self._project = answer["project_id"]
             self._lease_sec = float(answer["lease_sec"])
             self._start_tasks(answer["tasks"])
@@ -224,7 +244,7 @@ class TaskBackend:
             else:
                 self._stopping.set()
                 # Not here: the main thread may be inside a request. The release ends our waiting claim.
-                threading.Thread(target=self._release_quietly, name="kachery-task-stop", daemon=True).start()
+                threading.Thread(target=self._end_claims, name="kachery-task-stop", daemon=True).start()
 
         previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
         try:

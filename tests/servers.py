@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,14 +45,21 @@ class RunningServer:
     env: dict[str, str]
     log_path: Path
 
-    def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "api_server.cli", "admin", *args, "--data-dir", str(self.data_dir)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    def admin(self, *args: str, check: bool = True, own_process: bool = False) -> subprocess.CompletedProcess[str]:
+        """``kachery-cloud-server admin ARGS --data-dir <this server's>``: its exit code and output. Run in this
+        process (the command's own code, through click's test runner: an interpreter start per call would cost
+        most of a second, hundreds of times a run); ``own_process`` runs the installed command as a user would."""
+        argv = ["admin", *args, "--data-dir", str(self.data_dir)]
+        if own_process:
+            result = subprocess.run(
+                [sys.executable, "-m", "api_server.cli", *argv],
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        else:
+            result = _admin_here(argv, self.env)
         if check and result.returncode != 0:
             raise AssertionError(f"admin {args} failed: {result.stderr}")
         return result
@@ -93,6 +101,32 @@ class RunningServer:
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
         )
         return client, s3["bucket"]
+
+
+_admin_lock = threading.Lock()  # click's runner swaps sys.stdout and the environment for the whole process
+
+
+def _admin_here(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import traceback
+
+    from click.testing import CliRunner
+
+    from api_server.cli import main
+
+    # The server's settings as the command would see them in ``env``, and none of this process's.
+    settings_env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("KACHERY_CLOUD_SERVER_")}
+    settings_env.update({k: v for k, v in env.items() if k.startswith("KACHERY_CLOUD_SERVER_")})
+    with _admin_lock:
+        umask = os.umask(0o022)
+        try:
+            result = CliRunner().invoke(main, argv, env=settings_env)
+        finally:
+            os.umask(umask)  # the command sets 077 for its process: not this one's to keep
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        # What the installed command would print: a traceback is a bug the tests must see.
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["kachery-cloud-server", *argv], result.exit_code, result.stdout, stderr)
 
 
 def start_server(
