@@ -43,7 +43,7 @@ if mode == "store":
 else:
     for uri in args:
         kcl.load_file(uri)
-print("done", time.monotonic() - started, flush=True)
+print(f"done {time.monotonic() - started}", flush=True)  # one write: a kill cannot split it
 """
 
 
