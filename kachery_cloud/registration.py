@@ -14,6 +14,7 @@ Three ways in:
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import html
 import os
@@ -133,16 +134,17 @@ def _accept_invitation(config: Any, link: str, label: str, *, quiet: bool) -> di
             f"this invitation is for the server at {server_url}, but this client uses {config.api_url} ({source}); "
             "use another KACHERY_CLOUD_DIR for the second server, or change that setting"
         )
-    if config.api_url is None and server_url != DEFAULT_API_URL:
-        save_api_url(config, server_url)
-        config = load_config()
     forget_clients()
-    client = api_client(config)
+    client = api_client(dataclasses.replace(config, api_url=server_url))
     answer = client.call(
         "POST",
         "/api/invitations/accept",
         json_body={"token": token, "label": label, "user_name": _login_name()},
     )
+    # Only now: a link that was refused leaves this directory pointed where it was.
+    if config.api_url is None and server_url != DEFAULT_API_URL:
+        save_api_url(config, server_url)
+    forget_clients()
     if not quiet:
         print(f"Joined project {answer['project_id']} as {answer['client']['user']} (role {answer['role']})")
     return answer["client"]

@@ -150,6 +150,10 @@ def test_without_a_configured_server_the_link_sets_it(
 ) -> None:
     link = invite(registered, "default", "read")
     monkeypatch.delenv("KACHERY_CLOUD_API_URL")
+    switch_client(monkeypatch, tmp_path / "fresh", register=False)
+    with pytest.raises(ServerError, match="not valid on this server"):
+        kcl.init(invite=link.rsplit("/", 1)[0] + "/" + "B" * 43, quiet=True)
+    assert not (tmp_path / "fresh" / "config.yaml").exists()  # a refused link points nothing anywhere
     info = join(monkeypatch, tmp_path / "fresh", link)
     assert info["server_url"] == registered.url
     assert f"api_url: {registered.url}" in (tmp_path / "fresh" / "config.yaml").read_text()
