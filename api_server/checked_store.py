@@ -88,9 +88,10 @@ class StoreGuard:
             await self.app(scope, receive, send)
             return
         values = {name.lower(): value for name, value in headers}
-        if values.get(b"if-none-match", b"").strip() == b"*" and self._exists(scope):
-            await _refuse(send, PreconditionFailed())
-            return
+        if values.get(b"if-none-match", b"").strip() == b"*":
+            # Asked once nanio reads the body, which it does only after the signature verified: answered before,
+            # 412 or 403 would tell anyone on the network whether an object exists.
+            receive = _refused_if(receive, lambda: self._exists(scope), PreconditionFailed)
         claimed = values.get(b"x-amz-checksum-sha1")
         if claimed is None:
             await self.app(scope, receive, send)
@@ -113,6 +114,21 @@ class StoreGuard:
         except Exception:  # a key nanio refuses: nanio answers it
             return False
         return path.is_file()
+
+
+def _refused_if(receive: Receive, refuse: Callable[[], bool], error: Callable[[], Exception]) -> Receive:
+    """``receive``, which raises ``error()`` on its first call if ``refuse()`` is true then."""
+    asked = False
+
+    async def checked_receive() -> Message:
+        nonlocal asked
+        if not asked:
+            asked = True
+            if refuse():
+                raise error()
+        return await receive()
+
+    return checked_receive
 
 
 def _checked_body(receive: Receive, claimed: bytes, headers: dict[bytes, bytes]) -> Receive:

@@ -531,6 +531,9 @@ def remove_user(data_dir: Path | None, settings_file: Path | None, name: str, gi
     "--expires", "ttl_sec", type=DURATION, default="7d", show_default=True, help="Valid for (90m, 12h, 7d ...)."
 )
 @click.option("--url", help="The server's URL in the link [default: the running server's public URL].")
+@click.option(
+    "--add-client", is_flag=True, help="--user already has clients: the link registers one more machine of theirs."
+)
 def invite(
     data_dir: Path | None,
     settings_file: Path | None,
@@ -539,6 +542,7 @@ def invite(
     user: str | None,
     ttl_sec: int,
     url: str | None,
+    add_client: bool,
 ) -> None:
     """Print a one-time invitation link to PROJECT_ID with ROLE. Whoever runs `kachery-cloud-init --invite LINK`
     (or kcl.init(invite=LINK)) with it is registered as --user (or a new user) with that role."""
@@ -552,7 +556,7 @@ def invite(
     server_url = url or (running or {}).get("public_url") or settings.resolved_public_url
     with _database(data_dir, settings_file) as session:
         token, invitation = invitations.create_invitation(
-            session, project_id, role, user_name=user, ttl_sec=ttl_sec, created_by=_login_name()
+            session, project_id, role, user_name=user, ttl_sec=ttl_sec, created_by=_login_name(), add_client=add_client
         )
     expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(invitation.expires_at_ms / 1000))
     whom = f"as {invitation.user_name}" if invitation.user_name else "as a new user"

@@ -1,7 +1,8 @@
 """How the server's owner proves, from this machine, that they are the Unix user who runs the server: a random
 token in a file of the data directory that only that user (and root) can read. ``kachery-cloud-init`` on this
-machine reads it and sends it with the registration; any other local user cannot, and gets told to ask for an
-invitation instead. (A loopback address proves nothing: every user of the machine, and a reverse proxy, has one.)
+machine reads it and sends a proof made from it (:mod:`kachery_cloud.protocol.owner_proof`, never the token);
+any other local user cannot, and gets told to ask for an invitation instead. (A loopback address proves
+nothing: every user of the machine, and a reverse proxy, has one.)
 """
 
 from __future__ import annotations
@@ -48,7 +49,3 @@ def _read_own_token(path: Path) -> str | None:
             return None
         token = f.read(200).strip()
     return token if len(token) >= 40 else None
-
-
-def is_owner_token(expected: str, given: str | None) -> bool:
-    return given is not None and secrets.compare_digest(expected.encode(), given.strip().encode()[:200])

@@ -5,8 +5,9 @@ Signed requests count against their (verified) client id, so nobody can spend an
 naming it; requests without a valid signature count against their network address. The counts are moving
 windows of the ``limits`` library, kept in ``rate_limit_storage``: each API process's memory by default (behind
 N replicas a client may then reach N times the limit, which still stops one runaway script from starving everyone
-else), or a Redis that all replicas share. If that Redis cannot be reached, requests are let through (and the
-failure logged) rather than refused: a rate limit is not worth an outage.
+else), or a Redis that all replicas share. If that Redis fails or does not answer within half a second,
+requests are let through uncounted for the next 5 s (and the failure logged, once a minute) rather than refused
+or held up: a rate limit is not worth an outage.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from limits.strategies import MovingWindowRateLimiter
 from .errors import RateLimited
 
 _log = logging.getLogger("kachery_cloud_server")
+_STORAGE_TIMEOUT_SEC = 0.5
+_STORAGE_RETRY_SEC = (
+    5.0  # after a failure of the shared storage, requests go uncounted this long before it is tried again
+)
 
 
 class RateLimiter:
@@ -34,8 +39,18 @@ class RateLimiter:
         # Already checked by the settings ("" and None: no limit).
         self._per_client = parse_many(per_client) if per_client else []
         self._per_address = parse_many(per_address) if per_address else []
-        options = {} if storage.startswith("memory://") else {"key_prefix": "kachery-cloud", "wrap_exceptions": True}
+        options: dict[str, object] = {}
+        if not storage.startswith("memory://"):
+            # A Redis that hangs must not hang every request: half a second, then the request goes uncounted.
+            options = {
+                "key_prefix": "kachery-cloud",
+                "wrap_exceptions": True,
+                "socket_timeout": _STORAGE_TIMEOUT_SEC,
+                "socket_connect_timeout": _STORAGE_TIMEOUT_SEC,
+            }
         self._windows = MovingWindowRateLimiter(storage_from_string(storage, **options))
+        self._last_warning = 0.0
+        self._storage_down_until = 0.0
 
     def client_request(self, client_id: str) -> None:
         """Count one request of a verified client; :class:`RateLimited` if it is over its limit."""
@@ -46,19 +61,28 @@ class RateLimiter:
         self._count(self._per_address, "address", address)
 
     def _count(self, items: list[RateLimitItem], kind: str, key: str) -> None:
+        if items and time.monotonic() < self._storage_down_until:
+            return  # it failed a moment ago: not every request should wait for it to fail again
         for item in items:
             try:
                 allowed = self._windows.hit(item, kind, key)
+                reset_at = time.time() + 1 if allowed else self._windows.get_window_stats(item, kind, key).reset_time
             except StorageError as e:
-                _log.warning("the rate-limit storage failed (%s); a request of %s %s not counted", e, kind, key)
+                self._storage_failed(e)
                 return
             if not allowed:
-                reset_at = self._windows.get_window_stats(item, kind, key).reset_time
                 retry_after = max(1, math.ceil(reset_at - time.time()))
                 raise RateLimited(
                     f"too many requests from this {kind} (limit {item}); try again in {retry_after} s",
                     retry_after_sec=retry_after,
                 )
+
+    def _storage_failed(self, error: Exception) -> None:
+        now = time.monotonic()
+        self._storage_down_until = now + _STORAGE_RETRY_SEC
+        if now - self._last_warning >= 60:  # once a minute, not once a request
+            self._last_warning = now
+            _log.warning("the rate-limit storage failed (%s); requests go uncounted until it answers again", error)
 
 
 class LongPollSlots:

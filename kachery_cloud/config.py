@@ -206,16 +206,21 @@ def _parse_config_text(path: Path, raw: bytes) -> dict[str, Any]:
     return values
 
 
-def save_api_url(config: ClientConfig, api_url: str) -> None:
-    """Write ``api_url`` into this client directory's config.yaml, keeping its other settings (atomically: a
-    kill leaves the old file or the new one). Not in a shared (lab) directory, whose config only its owner sets."""
-    import yaml
-
+def check_api_url_can_be_saved(config: ClientConfig, api_url: str) -> None:
+    """:class:`ConfigError` if :func:`save_api_url` would refuse: a shared (lab) directory."""
     if _shared_by(config.dir) is not None:
         raise ConfigError(
             f"{config.dir} is a shared lab directory: its owner sets the server, with `kachery-cloud multiuser init "
             f"{config.dir} --group GROUP --api-url {api_url}`"
         )
+
+
+def save_api_url(config: ClientConfig, api_url: str) -> None:
+    """Write ``api_url`` into this client directory's config.yaml, keeping its other settings (atomically: a
+    kill leaves the old file or the new one). Not in a shared (lab) directory, whose config only its owner sets."""
+    import yaml
+
+    check_api_url_can_be_saved(config, api_url)
     path = config.dir / CONFIG_FILE_NAME
     config.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     values: dict[str, Any] = {}

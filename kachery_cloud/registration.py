@@ -27,9 +27,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ._notebook import in_notebook
-from .config import DEFAULT_API_URL, ENV_API_URL, load_config, save_api_url
+from .config import DEFAULT_API_URL, ENV_API_URL, check_api_url_can_be_saved, load_config, save_api_url
 from .errors import ConfigError, NotRegisteredError, ServerError
 from .identity import load_identity
+from .protocol.owner_proof import owner_proof
 
 REGISTRATION_TIMEOUT_SEC = 15 * 60
 OWNER_TOKEN_FILE = "owner-token"  # named by the server (api_server/owner_proof.py)
@@ -93,7 +94,9 @@ def _register(client: Any, label: str, *, quiet: bool, timeout_sec: float) -> di
 
 
 def _register_as_owner(client: Any, label: str, token_file: str | None, *, refusal: ServerError) -> dict:
-    token = _read_owner_token(token_file) if token_file else None
+    # Only a server on this machine can be its owner's: another has no business naming a file here.
+    local = is_loopback_url(client.base_url)
+    token = _read_owner_token(token_file) if token_file and local else None
     if token is None:
         raise NotRegisteredError(
             f"the kachery-cloud server at {client.base_url} registers without an invitation only the Unix user who "
@@ -102,7 +105,8 @@ def _register_as_owner(client: Any, label: str, token_file: str | None, *, refus
             error_code="owner_proof_required",
             status=refusal.status,
         ) from None
-    return client.call("POST", "/api/clients/register", json_body={"label": label, "owner_token": token})
+    proof = owner_proof(token, client.server_id(), client.identity.client_id)
+    return client.call("POST", "/api/clients/register", json_body={"label": label, "owner_proof": proof})
 
 
 def _read_owner_token(path_text: str) -> str | None:
@@ -124,6 +128,18 @@ def _read_owner_token(path_text: str) -> str | None:
     return token if _OWNER_TOKEN_RE.fullmatch(token) else None
 
 
+def is_loopback_url(url: str) -> bool:
+    import ipaddress
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _accept_invitation(config: Any, link: str, label: str, *, quiet: bool) -> dict:
     from ._connection import api_client, forget_clients
 
@@ -134,6 +150,9 @@ def _accept_invitation(config: Any, link: str, label: str, *, quiet: bool) -> di
             f"this invitation is for the server at {server_url}, but this client uses {config.api_url} ({source}); "
             "use another KACHERY_CLOUD_DIR for the second server, or change that setting"
         )
+    will_save = config.api_url is None and server_url != DEFAULT_API_URL
+    if will_save:
+        check_api_url_can_be_saved(config, server_url)  # before the link is used up
     forget_clients()
     client = api_client(dataclasses.replace(config, api_url=server_url))
     answer = client.call(
@@ -142,7 +161,7 @@ def _accept_invitation(config: Any, link: str, label: str, *, quiet: bool) -> di
         json_body={"token": token, "label": label, "user_name": _login_name()},
     )
     # Only now: a link that was refused leaves this directory pointed where it was.
-    if config.api_url is None and server_url != DEFAULT_API_URL:
+    if will_save:
         save_api_url(config, server_url)
     forget_clients()
     if not quiet:

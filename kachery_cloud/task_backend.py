@@ -129,9 +129,11 @@ class TaskBackend:
     def _end_claims(self) -> None:
         """Release, which also ends our claim waiting on the server, until no claim is left. One sent just before
         the stop may reach the server after the first release: it would wait its whole 30 s there."""
+        worker_id = self._worker_id
         with self._claim_gate:  # _stopping is set: from here on no claim starts
             pass
-        while True:
+        # Not past the end of this run: a later run() (a notebook loop) has a worker id and claims of its own.
+        while not self._ended.is_set() and self._worker_id == worker_id:
             self._release_quietly()
             if self._no_claim.wait(_RELEASE_AGAIN_SEC):
                 return

@@ -65,8 +65,17 @@ class RunningServer:
         return result
 
     def owner_token(self) -> str:
-        """What proves the server's owner at registration (``owner_token`` of POST /api/clients/register)."""
+        """The content of the server's owner-token file."""
         return (self.data_dir / "owner-token").read_text().strip()
+
+    def owner_proof(self, client_id: str) -> str:
+        """What proves ``client_id``'s registration comes from the server's owner (``owner_proof`` of
+        POST /api/clients/register), as kachery-cloud-init makes it."""
+        from kachery_cloud.protocol.owner_proof import owner_proof
+
+        with urllib.request.urlopen(f"{self.url}/api/health", timeout=30) as response:
+            server_id = json.loads(response.read())["server_id"]
+        return owner_proof(self.owner_token(), server_id, client_id)
 
     def child_pids(self) -> list[int]:
         return descendants(self.process.pid)

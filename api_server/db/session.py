@@ -53,6 +53,16 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    def ping(self) -> None:
+        """Ask the database for nothing (``SELECT 1``); OperationalError if it cannot be reached. Outside a
+        transaction of ours, so that on SQLite it takes no write lock (every transaction of ours does)."""
+        if self.is_sqlite:
+            with self.engine.raw_connection() as connection:
+                connection.cursor().execute("SELECT 1")  # pysqlite begins nothing for a SELECT
+            return
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
     def upgrade(self) -> None:
         """Apply every migration not yet applied (idempotent)."""
         from alembic import command

@@ -7,8 +7,9 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from kachery_cloud.protocol.owner_proof import is_owner_proof
+
 from ..errors import AuthenticationFailed, Forbidden, InvalidRequest
-from ..owner_proof import is_owner_token
 from ..services import identity, invitations
 from ..settings import is_loopback_host
 from .deps import ContextDep, OptionalCaller, RegisteredCaller
@@ -35,8 +36,9 @@ class ClientInfo(BaseModel):
 
 class RegisterRequest(BaseModel):
     label: str = Field("", max_length=identity.MAX_LABEL_LENGTH)
-    # The content of the server's owner-token file: proves the caller is the Unix user who runs the server.
-    owner_token: str | None = Field(None, max_length=200)
+    # Made from the server's owner-token file (kachery_cloud.protocol.owner_proof): proves the caller is the Unix
+    # user who runs the server.
+    owner_proof: str | None = Field(None, max_length=64)
 
 
 class AcceptInvitationRequest(BaseModel):
@@ -84,8 +86,8 @@ class GoogleRegistrationResult(BaseModel):
 def register(body: RegisterRequest, request: Request, caller: OptionalCaller, context: ContextDep) -> RegisterResponse:
     """Register the signing client. The signature proves the caller holds the private key of the client id.
 
-    The server's owner (on this machine, with the content of its owner-token file as ``owner_token``): linked
-    to the owner at once. Without the token, in local mode: 403 ``owner_proof_required``, naming the file in
+    The server's owner (on this machine, with an ``owner_proof`` made from its owner-token file): linked to the
+    owner at once. Without the token, in local mode: 403 ``owner_proof_required``, naming the file in
     ``owner_token_file`` (only the owner can read it; everyone else joins by invitation).
     Google mode: a pending registration is created; a person opens ``registration_url`` and signs in.
     """
@@ -101,8 +103,8 @@ def register(body: RegisterRequest, request: Request, caller: OptionalCaller, co
             return RegisterResponse(
                 status="registered", client=ClientInfo(**identity.client_info(session, existing, context.server_url))
             )
-        if body.owner_token is not None and mode != "none":
-            _check_owner_token(request, context, body.owner_token)
+        if body.owner_proof is not None and mode != "none":
+            _check_owner_proof(request, context, caller.client_id, body.owner_proof)
             owner = identity.ensure_local_owner(session)
             client = identity.link_client(session, owner, caller.client_id, label)
             return RegisterResponse(
@@ -210,12 +212,13 @@ def accept_invitation(body: AcceptInvitationRequest, caller: OptionalCaller, con
         )
 
 
-def _check_owner_token(request: Request, context: ContextDep, token: str) -> None:
-    # From this machine only: the token file never leaves it, and nothing else should ever send it.
-    if not _is_loopback(request) or not is_owner_token(context.owner_token, token):
+def _check_owner_proof(request: Request, context: ContextDep, client_id: str, proof: str) -> None:
+    # From this machine only: the token file never leaves it, and nothing else should ever send a proof.
+    if not _is_loopback(request) or not is_owner_proof(context.owner_token, context.server_id, client_id, proof):
         raise Forbidden(
-            "that is not this server's owner token (it reads its owner-token file when it starts: restart it if "
-            "the file was changed); run kachery-cloud-init on the server's machine as the user who runs it",
+            "that is not a proof made from this server's owner token (the server reads its owner-token file when "
+            "it starts: restart it if the file was changed); run kachery-cloud-init on the server's machine as the "
+            "user who runs it",
             error_code="wrong_owner_token",
         )
 

@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ..db.models import ROLES, Client, Invitation, Membership, User, now_ms
@@ -45,9 +45,20 @@ def validate_user_name(name: str) -> str:
 
 
 def create_invitation(
-    session: Session, project_id: str, role: str, *, user_name: str | None, ttl_sec: int, created_by: str
+    session: Session,
+    project_id: str,
+    role: str,
+    *,
+    user_name: str | None,
+    ttl_sec: int,
+    created_by: str,
+    add_client: bool = False,
 ) -> tuple[str, Invitation]:
-    """A new invitation; returns the secret (shown once, in the link) and the row."""
+    """A new invitation; returns the secret (shown once, in the link) and the row.
+
+    A named user who does not exist yet is made now, so that nobody else can take the name before the link is
+    used. A named user who already has clients is refused unless ``add_client``: the link makes whoever holds it
+    that user, with all of their projects, which for a new person is a mistake (or someone took the name)."""
     if role not in ROLES:
         raise InvalidRequest(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
     if not 1 <= ttl_sec <= MAX_TTL_SEC:
@@ -56,9 +67,20 @@ def create_invitation(
     if user_name is not None:
         user_name = validate_user_name(user_name)
         existing = session.scalars(select(User).where(User.name == user_name)).first()
-        if existing is not None and existing.is_local_owner:
+        if existing is None:
+            session.add(User(name=user_name))
+        elif existing.is_local_owner:
             raise Forbidden(
                 f"{user_name} is this server's owner; invitations are for other people", error_code="owner_invitation"
+            )
+        elif not add_client and session.scalar(
+            select(func.count()).select_from(Client).where(Client.user_id == existing.id)
+        ):
+            raise Conflict(
+                f"{user_name} already has registered clients: the link would make whoever holds it {user_name}, with "
+                "all of their projects. For another machine of theirs, add --add-client; for someone new, invite "
+                "without --user or with a new name",
+                error_code="user_has_clients",
             )
     token = secrets.token_urlsafe(32)
     invitation = Invitation(
@@ -175,8 +197,14 @@ def _grant(session: Session, project_id: str, user: User, role: str) -> str:
     return role
 
 
+def _has_clients(session: Session, user: User) -> bool:
+    return bool(session.scalar(select(func.count()).select_from(Client).where(Client.user_id == user.id)))
+
+
 def _clean_suggestion(name: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._@+-]", "", name.strip())[:100].lstrip("._@+-")
+    # No "@" or "+": a name the person picks must not pass for an email (which add-member also looks users up
+    # by) or for the owner's "<login>@localhost".
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "", name.strip())[:100].lstrip("._-")
     return cleaned or "member"
 
 

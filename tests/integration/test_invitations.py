@@ -215,3 +215,28 @@ def test_a_link_opened_in_a_browser_says_what_to_run_and_stays_unused(
     assert used.status_code == 409 and "already used" in used.text
     forged = requests.get(link.rsplit("/", 1)[0] + "/<script>alert(1)</script>", timeout=30)
     assert forged.status_code == 404 and "<script>" not in forged.text
+
+
+@sqlite_only
+def test_names_cannot_be_squatted_or_taken_over_with_a_link(
+    registered: RunningServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kachery_cloud._connection import api_client
+
+    # A person who picks a name that passes for an email or for the owner's gets it without "@".
+    switch_client(monkeypatch, tmp_path / "squatter", register=False)
+    token = invite(registered, "default", "read").rsplit("/", 1)[1]
+    owner = next(u["name"] for u in json.loads(registered.admin("list-users", "--json").stdout) if u["local_owner"])
+    answer = api_client().call(
+        "POST", "/api/invitations/accept", json_body={"token": token, "label": "x", "user_name": owner}
+    )
+    assert "@" not in answer["client"]["user"] and answer["client"]["user"] != owner
+    # A name an invitation reserves is made at once: nobody takes it before the link is used.
+    link = invite(registered, "default", "write", "--user", "erin")
+    assert "erin" in {u["name"] for u in json.loads(registered.admin("list-users", "--json").stdout)}
+    join(monkeypatch, tmp_path / "erin", link)
+    # Once erin has a client, a link naming her would hand over her account: only for another machine of hers.
+    refused = registered.admin("invite", "default", "--role", "read", "--user", "erin", check=False)
+    assert refused.returncode == 1 and "already has registered clients" in refused.stderr
+    second = invite(registered, "default", "read", "--user", "erin", "--add-client")
+    assert join(monkeypatch, tmp_path / "erins-laptop", second)["user"] == "erin"

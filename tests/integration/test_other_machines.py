@@ -104,3 +104,24 @@ def test_a_client_on_one_machine_stores_and_one_on_another_loads(
     assert f"api_url: http://{a.host_address}:{server.port}" in (tmp_path / "b" / "config.yaml").read_text()
     usage = json.loads(server.admin("usage", "default", "--json").stdout)
     assert sum(d["bytes_out"] for d in usage["days"]) >= data.stat().st_size
+
+
+def test_the_store_tells_another_machine_nothing_without_a_signature(lab: tuple[RunningServer, list[Machine]]) -> None:
+    """The embedded store now listens for the network: an unsigned write with If-None-Match must not say whether
+    an object exists (412 for one that does, 403 for one that does not would let anyone test for a file)."""
+    server, (a, _) = lab
+    s3, bucket = server.s3_client()
+    present = f"projects/default/sha1/ab/cd/ef/abcdef{'0' * 34}"
+    s3.put_object(Bucket=bucket, Key=present, Body=b"a private object")
+    absent = present.replace("abcdef", "fedcba")
+    probe = (
+        "import sys, requests\n"
+        "for key in sys.argv[2:]:\n"
+        "    r = requests.put(f'{sys.argv[1]}/kachery-cloud/{key}', data=b'x', headers={'If-None-Match': '*'})\n"
+        "    print(r.status_code)\n"
+    )
+    store_url = f"http://{a.host_address}:{server.port + 1}"
+    answers = on(a, Path("/nonexistent"), sys.executable, "-c", probe, store_url, present, absent)
+    assert answers.returncode == 0, answers.stderr
+    assert answers.stdout.split() == ["403", "403"]
+    assert s3.get_object(Bucket=bucket, Key=present)["Body"].read() == b"a private object"

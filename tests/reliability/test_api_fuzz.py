@@ -223,7 +223,10 @@ def _prepare(server: RunningServer, backend: str) -> FuzzTarget:
     identity = new_identity()
     url = server.url
     registered = _post_signed(
-        url, identity, "/api/clients/register", {"label": "fuzzer", "owner_token": server.owner_token()}
+        url,
+        identity,
+        "/api/clients/register",
+        {"label": "fuzzer", "owner_proof": server.owner_proof(identity.client_id)},
     )
     assert registered["status"] == "registered", registered
     public_project = f"fuzz-open-{secrets.token_hex(3)}"

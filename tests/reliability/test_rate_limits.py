@@ -42,7 +42,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
 def registered_identity(server: RunningServer) -> ClientIdentity:
     """A fresh client registered for the server's owner, as a second machine of the same person would be."""
     identity = new_identity()
-    body = json.dumps({"label": "rate-limit test", "owner_token": server.owner_token()}).encode()
+    body = json.dumps({"label": "rate-limit test", "owner_proof": server.owner_proof(identity.client_id)}).encode()
     for _ in range(3):
         headers = {
             "Content-Type": "application/json",
@@ -145,3 +145,28 @@ def test_a_client_that_may_not_retry_reports_the_limit_clearly(limited: RunningS
 
 def count_429s(server: RunningServer) -> int:
     return len(re.findall(r'" 429\b', server.log()))
+
+
+def test_a_shared_storage_that_hangs_lets_requests_through_and_is_not_asked_by_each() -> None:
+    """rate_limit_storage names a Redis that accepts connections and never answers (a hung host): requests over
+    the limit go through uncounted, and only one of them waited for it; the next ones skip it for a while."""
+    import socket
+    import threading
+
+    from api_server.rate_limits import RateLimiter
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: [accepted.append(listener.accept()[0]) for _ in range(16)], daemon=True).start()
+    try:
+        limiter = RateLimiter("2/minute", "2/minute", f"redis://127.0.0.1:{listener.getsockname()[1]}/0")
+        for _ in range(5):  # over the limit of 2: none refused, since nothing could count them
+            limiter.client_request("c" * 64)
+            limiter.address_request("127.0.0.9")
+        assert len(accepted) == 1  # one connection, by the first request; the storage was then left alone
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
