@@ -34,6 +34,8 @@ from limits import parse_many
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from kachery_cloud.protocol.hosts import is_loopback_host
+
 ENV_PREFIX = "KACHERY_CLOUD_SERVER_"
 DEFAULT_DATA_DIR = "~/.kachery-cloud-server"
 DEFAULT_PORT = 7733
@@ -249,16 +251,6 @@ class Settings(BaseSettings):
         if self.registration != "auto":
             return self.registration
         return "google" if self.google_client_id else "local"
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback IP address (``127.0.0.0/8``, ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_settings(settings_file: Path | None = None, **overrides: Any) -> Settings:

@@ -229,6 +229,14 @@ def save_api_url(config: ClientConfig, api_url: str) -> None:
         if not isinstance(values, dict):
             raise ConfigError(f"{path} must contain a mapping of settings; fix or remove it")
     values["api_url"] = api_url
+    write_config_file(path, values)
+
+
+def write_config_file(path: Path, values: dict[str, Any], *, group: int = -1, mode: int = 0o600) -> None:
+    """Write ``values`` as config.yaml at ``path`` whole or not at all (a temp file, synced, renamed into place),
+    with ``group`` (-1: the user's) and ``mode``."""
+    import yaml
+
     temp = path.with_name(f".{path.name}.{os.getpid()}.part")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
@@ -236,6 +244,9 @@ def save_api_url(config: ClientConfig, api_url: str) -> None:
             yaml.safe_dump(values, f, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
+        if group != -1:
+            os.chown(temp, -1, group)
+        os.chmod(temp, mode)
         os.replace(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

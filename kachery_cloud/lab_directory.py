@@ -17,7 +17,6 @@ cannot (entries other members own; root can repair those too).
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
@@ -25,7 +24,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import CONFIG_FILE_NAME, ClientConfig
+from .config import CONFIG_FILE_NAME, ClientConfig, write_config_file
 from .errors import ConfigError, InvalidArgumentError, LocalFileError
 
 STICKY_DIR_MODE = 0o770 | stat.S_ISGID | stat.S_ISVTX
@@ -125,19 +124,7 @@ def _write_config(
         values["api_url"] = api_url
     if project:
         values["project"] = project
-    temp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yaml.safe_dump(values, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chown(temp, -1, gid)
-        os.chmod(temp, FILE_MODE)
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+    write_config_file(path, values, group=gid, mode=FILE_MODE)
 
 
 def _own(lab: LabDirectory, path: Path, gid: int, mode: int, me: int) -> None:

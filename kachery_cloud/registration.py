@@ -30,6 +30,7 @@ from ._notebook import in_notebook
 from .config import DEFAULT_API_URL, ENV_API_URL, check_api_url_can_be_saved, load_config, save_api_url
 from .errors import ConfigError, NotRegisteredError, ServerError
 from .identity import load_identity
+from .protocol.hosts import is_loopback_url
 from .protocol.owner_proof import owner_proof
 
 REGISTRATION_TIMEOUT_SEC = 15 * 60
@@ -126,18 +127,6 @@ def _read_owner_token(path_text: str) -> str | None:
             return None
         token = f.read(200).decode("ascii", "replace").strip()
     return token if _OWNER_TOKEN_RE.fullmatch(token) else None
-
-
-def is_loopback_url(url: str) -> bool:
-    import ipaddress
-
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _accept_invitation(config: Any, link: str, label: str, *, quiet: bool) -> dict:

@@ -7,11 +7,11 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
+from kachery_cloud.protocol.hosts import is_loopback_host
 from kachery_cloud.protocol.owner_proof import is_owner_proof
 
 from ..errors import AuthenticationFailed, Forbidden, InvalidRequest
 from ..services import identity, invitations
-from ..settings import is_loopback_host
 from .deps import ContextDep, OptionalCaller, RegisteredCaller
 
 router = APIRouter(prefix="/api", tags=["clients"])

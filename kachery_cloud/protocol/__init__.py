@@ -5,5 +5,6 @@ beyond reading a file to hash it; the only client code the server imports (``tes
 - :mod:`.serialization`: canonical JSON, ``.npy``, safe pickles;
 - :mod:`.keys`: Ed25519 key handling; :mod:`.request_signing`: the signed-request scheme;
 - :mod:`.mutable_key`, :mod:`.feed_format`, :mod:`.task_format`: the grammars of mutables, feeds and tasks;
-- :mod:`.owner_proof`: what the server's owner sends to prove it can read the owner-token file.
+- :mod:`.owner_proof`: what the server's owner sends to prove it can read the owner-token file;
+- :mod:`.hosts`: which host names are this machine's own.
 """

@@ -10,7 +10,7 @@ import api_server
 PURE_CLIENT_MODULES = {"kachery_cloud.errors"} | {
     f"kachery_cloud.protocol.{name}"
     for name in ("request_signing", "keys", "hashing", "uri", "serialization", "mutable_key", "feed_format",
-                 "task_format", "owner_proof")
+                 "task_format", "owner_proof", "hosts")
 }  # fmt: skip
 
 

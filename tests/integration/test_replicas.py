@@ -34,7 +34,7 @@ MIB = 1 << 20
 SETTINGS = {**CLOUD_TEST_SETTINGS, "task_lease_sec": 5}
 POLL_SEC = 28  # a follower's wait: under the server's 30 s long-poll limit, so it is one request
 LOAD_CLIENTS = 4
-LOAD_SEC = 12
+LOAD_SEC = 8
 
 
 def fresh_replicas(

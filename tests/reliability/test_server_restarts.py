@@ -111,7 +111,7 @@ def test_api_server_killed_and_restarted_during_uploads_appends_and_tasks(
         for kind, seed, arg in (("store", 1, str(sources)), ("append", 2, feed.uri), ("task", 3, ""))
     }
     rng = random.Random(int(os.environ.get("KACHERY_TEST_SEED", "3")))
-    duration = 300.0 if soak else 20.0
+    duration = 300.0 if soak else 12.0
     started = time.monotonic()
     restarts = 0
     while time.monotonic() - started < duration:

@@ -151,7 +151,7 @@ def test_store_killed_and_restarted_during_transfers(
     sources = tmp_path / "sources"
     sources.mkdir()
     rng = random.Random(int(os.environ.get("KACHERY_TEST_SEED", "2")))
-    duration = 300.0 if soak else 15.0
+    duration = 300.0 if soak else 10.0
     started = time.monotonic()
     children = [run_child(seed, 10_000, sources) for seed in (1, 2)]
     restarts = 0
