@@ -7,13 +7,15 @@ import logging
 import re
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,9 +24,11 @@ from . import __version__
 from .context import ServerContext
 from .errors import ApiError, DatabaseUnavailable, StoreUnavailable
 from .routes import blobs, clients, feeds, health, mutables, projects, tasks
-from .web import pages
+from .web import api_docs, browser_session, client_pages, content_pages, pages, project_pages
+from .web.render import error_page
 
 log = logging.getLogger("kachery_cloud_server")
+STATIC_DIR = Path(__file__).parent / "web" / "static"
 
 # Errors raised by the framework itself (400: a body it could not parse, e.g. JSON nested past the parser's depth).
 _HTTP_ERROR_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
@@ -37,9 +41,13 @@ def create_app(context: ServerContext) -> FastAPI:
         version=__version__,
         description="Identity, projects and presigned URLs for kachery-cloud. Requests are signed with the "
         "client's Ed25519 key; see the X-Kachery-* headers.",
+        docs_url=None,  # served from the package's own assets (web/api_docs.py)
+        redoc_url=None,
     )
     app.state.context = context
-    app.add_middleware(_RequestGuard, allowed_hosts=_allowed_hosts(context))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    browser_session.install(app, context)
+    app.add_middleware(_RequestGuard, allowed_hosts=_allowed_hosts(context))  # outermost: before anything reads
     for router in (
         health.router,
         clients.router,
@@ -49,25 +57,33 @@ def create_app(context: ServerContext) -> FastAPI:
         feeds.router,
         tasks.router,
         pages.router,
+        project_pages.router,
+        content_pages.router,
+        client_pages.router,
+        api_docs.router,
     ):
         app.include_router(router)
 
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _answer(exc)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return _answer(exc) if _is_api(request) else error_page(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         details = [
             {"location": ".".join(str(p) for p in err.get("loc", ())), "problem": err.get("msg", "")}
             for err in exc.errors()
         ]
         summary = "; ".join(f"{d['location']}: {d['problem']}" for d in details[:5])
+        if not _is_api(request):
+            return error_page(request, _page_error(422, f"the form was not filled in as expected: {summary}"))
         return _error(422, "invalid_request", f"invalid request: {summary}", details=details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_ERROR_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        if not _is_api(request) and exc.status_code in _PAGE_ERRORS:
+            return error_page(request, _page_error(exc.status_code, _PAGE_ERRORS[exc.status_code], code))
         return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(DataError)
@@ -226,6 +242,24 @@ def _allowed_hosts(context: ServerContext) -> list[str]:
     if context.settings.host in ("0.0.0.0", "::", "") and not context.settings.public_url:
         return ["*"]  # listening everywhere without a public_url: any name may be used
     return sorted(hosts)
+
+
+_PAGE_ERRORS = {
+    404: "There is no such page.",
+    405: "That page does not take this kind of request.",
+    413: "That was too much to send at once.",
+}
+
+
+def _page_error(status: int, message: str, code: str = "invalid_request") -> ApiError:
+    error = ApiError(message, error_code=code)
+    error.status = status
+    return error
+
+
+def _is_api(request: Request) -> bool:
+    """Whether the request is for the API (JSON errors) rather than for a page of the web app (error pages)."""
+    return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
 
 
 def _internal_error(request: Request) -> JSONResponse:

@@ -40,6 +40,8 @@ UPGRADE_MESSAGE = (
     "no longer accepts, since such a request could be replayed to another server: upgrade the client "
     "(pip install --upgrade kachery-cloud)"
 )
+# A client's last_seen_ms is updated when it is older than this.
+LAST_SEEN_RESOLUTION_MS = 60_000
 # Expired nonces are deleted at most this often per process.
 _PURGE_INTERVAL_SEC = 60.0
 
@@ -162,6 +164,8 @@ class RequestAuthenticator:
                 session.flush()
                 client = session.get(Client, client_id)
                 user = session.get(User, client.user_id) if client is not None else None
+                if client is not None and (client.last_seen_ms or 0) < now_ms() - LAST_SEEN_RESOLUTION_MS:
+                    client.last_seen_ms = now_ms()  # at most once a minute: not a write on every request
                 return Caller(client_id=client_id, user=user)
         except IntegrityError:
             raise AuthenticationFailed(

@@ -565,6 +565,47 @@ def invite(
     click.echo("use it with: kachery-cloud-init --invite LINK", err=True)
 
 
+@_admin_command("web-login")
+@click.option("--user", help="Whom the link signs in (an admin of some project) [default: the server's owner].")
+@click.option(
+    "--expires", "ttl_sec", type=DURATION, default="15m", show_default=True, help="Valid for (15m, 2h, 1d ...)."
+)
+@click.option("--url", help="The server's URL in the link [default: the running server's public URL].")
+def web_login(
+    data_dir: Path | None, settings_file: Path | None, user: str | None, ttl_sec: int, url: str | None
+) -> None:
+    """Print a one-time link that signs a browser in to the web app as the server's owner or as --user, who must
+    be an admin of a project (members sign in with their invitation link, or with Google)."""
+    from . import runner
+    from .services import projects, web_sessions
+
+    settings = load_settings(settings_file, data_dir=data_dir)
+    running = runner.read_pid_file(settings.resolved_data_dir)
+    server_url = url or (running or {}).get("public_url") or settings.resolved_public_url
+    if not 60 <= ttl_sec <= 7 * 86400:
+        raise click.UsageError("--expires: from 1 minute to 7 days")
+    with _database(data_dir, settings_file) as session:
+        person = _owner_or_user(session, user)
+        if not person.is_local_owner and "admin" not in {
+            role for _, role in projects.projects_of_user(session, person)
+        }:
+            raise click.ClickException(
+                f"{person.name} is an admin of no project: web-login is for the owner and admins; invite others "
+                "(admin invite), and they join with the link in their browser"
+            )
+        token = web_sessions.create_sign_in_link(session, person, ttl_sec)
+        name = person.name
+    click.echo(f"sign-in link for {name} (once, for {_duration_text(ttl_sec)}):", err=True)
+    click.echo(web_sessions.link_of(server_url, token))
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 @_admin_command("list-invitations")
 @click.argument("project_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -11,6 +11,7 @@ from .db.session import Database
 from .google_tokens import GoogleTokenVerifier
 from .owner_proof import ensure_owner_token
 from .rate_limits import LongPollSlots, RateLimiter
+from .services import web_sessions
 from .services.blobs import BlobService
 from .services.feeds import FeedService
 from .services.mutables import MutableService
@@ -36,6 +37,8 @@ class ServerContext:
     # The token the server's owner proves itself with (owner_proof), and the file that holds it.
     owner_token: str
     owner_token_file: Path
+    # Signs the web app's session and CSRF cookies; the same on every replica (from the database).
+    web_secret: str
 
     @classmethod
     def build(cls, settings: Settings, storage: Storage) -> ServerContext:
@@ -50,6 +53,7 @@ class ServerContext:
         db.upgrade()
         with db.transaction() as session:
             this_server = server_id(session)
+            web_secret = web_sessions.web_secret(session)
         wakeups = Wakeups(db)
         owner_token, owner_token_file = ensure_owner_token(settings.resolved_data_dir)
         blobs = BlobService(db, storage, settings)
@@ -79,6 +83,7 @@ class ServerContext:
             long_polls=LongPollSlots(settings.max_long_polls_per_client),
             owner_token=owner_token,
             owner_token_file=owner_token_file,
+            web_secret=web_secret,
         )
 
     @property

@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     # auto: google if google_client_id is set, else local (see registration_mode).
     registration: Literal["auto", "local", "google", "none"] = "auto"
     signature_window_sec: int = Field(60, ge=5, le=3600)
+    # How long a browser stays signed in to the web app (it can sign out sooner).
+    web_session_ttl_sec: int = Field(7 * 86400, ge=60, le=365 * 86400)
     registration_ttl_sec: int = Field(900, ge=60)
     default_storage_quota_bytes: Bytes | None = Field(None, ge=0)
     # How long a presigned URL stays valid; clients ask for a fresh one when theirs has expired.

@@ -20,6 +20,7 @@ Object keys (under ``key_prefix``):
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -171,6 +172,14 @@ class Storage:
         finally:
             body.close()
         return digest.hexdigest(), size
+
+    def read_range(self, key: str, offset: int, size: int) -> bytes:
+        """``size`` bytes of the object from ``offset`` (a small blob inside a pack)."""
+        if size == 0:
+            return b""
+        response = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")
+        with contextlib.closing(response["Body"]) as body:
+            return body.read()
 
     def put_bytes(self, key: str, data: bytes, sha1_hex: str) -> None:
         """Write ``data`` (whose SHA-1 the caller computed) with one PUT; a store that checks checksums checks it."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from .google_kit import google_keys  # noqa: F401 (a fixture: the stand-in for Google sign-in)
 from .servers import PostgresDatabases, RunningServer, SeaweedFS, start_server
 
 

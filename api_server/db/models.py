@@ -69,6 +69,8 @@ class Client(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     label: Mapped[str] = mapped_column(String(255), default="")
     created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    # When it last sent a signed request (kept to the minute: auth.LAST_SEEN_RESOLUTION_MS), for the web app.
+    last_seen_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Project(Base):
@@ -143,6 +145,34 @@ class ServerIdentity(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    # Signs the web app's cookies (session and CSRF), so that every replica accepts what another one set.
+    # Made by migration 0009; only the database holds it.
+    web_secret: Mapped[str | None] = mapped_column(String(64))
+
+
+class WebSession(Base):
+    """A browser signed in as ``user_id``. The cookie holds the secret; only its SHA-256 is kept here, and
+    deleting the row (sign-out, a removed user) ends the session on every replica at once."""
+
+    __tablename__ = "web_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    how: Mapped[str] = mapped_column(String(16))  # link | invitation | google
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class SignInLink(Base):
+    """A one-time browser sign-in link that ``admin web-login`` printed; only the secret's SHA-256 is kept."""
+
+    __tablename__ = "sign_in_links"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger, default=now_ms)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+    used_at_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class RequestNonce(Base):
@@ -205,6 +235,8 @@ class UsageCounter(Base):
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What the project kept at the day's last change of it (None: unchanged that day; the day before holds).
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 # --- mutables and feeds (migration 0004) ---

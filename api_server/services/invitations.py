@@ -104,19 +104,7 @@ def accept(session: Session, token: str, client_id: str, label: str, *, suggeste
     role; an invitation naming somebody else is refused. A role the user has already is never lowered.
     """
     identity.validate_client_id(client_id)
-    invitation = _open(session, token)
-    # Claimed first, by a conditional update: of two clients using one link at once, one wins (the other's
-    # transaction sees no row left to claim); a failure later rolls the claim back with everything else.
-    claimed = session.execute(
-        update(Invitation)
-        .where(Invitation.token_sha256 == invitation.token_sha256, Invitation.used_at_ms.is_(None))
-        .values(used_at_ms=now_ms(), used_by_client_id=client_id)
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:
-        raise Conflict(
-            "this invitation link was already used; ask the lab's admin for a new one", error_code="invitation_used"
-        )
+    invitation = _claim(session, token, client_id)
     client = session.get(Client, identity.validate_client_id(client_id))
     new_user = False
     if client is not None:
@@ -134,6 +122,51 @@ def accept(session: Session, token: str, client_id: str, label: str, *, suggeste
     role = _grant(session, invitation.project_id, user, invitation.role)
     session.flush()
     return Accepted(client=client, user=user, project_id=invitation.project_id, role=role, new_user=new_user)
+
+
+@dataclass(frozen=True)
+class BrowserAccepted:
+    user: User
+    project_id: str
+    role: str
+    new_user: bool
+
+
+def accept_for_browser(session: Session, token: str, *, suggested_name: str) -> BrowserAccepted:
+    """Use the invitation ``token`` in the web app: the person becomes the invitation's user (or a new one called
+    after ``suggested_name``) with its role, and links machines later. An invitation that names a user who
+    already has clients is refused here: signing in as them in a browser would be the whole account too, and
+    ``--add-client`` promised only one more machine."""
+    invitation = _claim(session, token, None)
+    if invitation.user_name is not None:
+        existing = session.scalars(select(User).where(User.name == invitation.user_name)).first()
+        if existing is not None and _has_clients(session, existing):
+            raise Conflict(
+                f"this invitation adds a machine to {invitation.user_name}'s account: use it with "
+                "kachery-cloud-init --invite on that machine, not in a browser",
+                error_code="invitation_for_a_client",
+            )
+    user, new_user = _user_to_become(session, invitation, suggested_name)
+    role = _grant(session, invitation.project_id, user, invitation.role)
+    session.flush()
+    return BrowserAccepted(user=user, project_id=invitation.project_id, role=role, new_user=new_user)
+
+
+def _claim(session: Session, token: str, client_id: str | None) -> Invitation:
+    invitation = _open(session, token)
+    # Claimed first, by a conditional update: of two clients using one link at once, one wins (the other's
+    # transaction sees no row left to claim); a failure later rolls the claim back with everything else.
+    claimed = session.execute(
+        update(Invitation)
+        .where(Invitation.token_sha256 == invitation.token_sha256, Invitation.used_at_ms.is_(None))
+        .values(used_at_ms=now_ms(), used_by_client_id=client_id)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        raise Conflict(
+            "this invitation link was already used; ask the lab's admin for a new one", error_code="invitation_used"
+        )
+    return invitation
 
 
 def list_invitations(session: Session, project_id: str | None = None) -> list[Invitation]:

@@ -244,7 +244,12 @@ class TaskService:
                 projects.require_caller_role(session, project.id, caller, "write")
             cancelled = row.state not in FINAL_STATES
             if cancelled:
-                why = f"cancelled by client {caller.client_id}"
+                who = (
+                    f"client {caller.client_id}"
+                    if caller.client_id
+                    else f"{caller.user.name if caller.user else 'someone'} in the web app"
+                )
+                why = f"cancelled by {who}"
                 _change(row, news=True, state="cancelled", error=why, lease_expires_at_ms=None)
                 topics.append(task_topic(project.id, task_id))
             add_usage(session, project.id, requests=1)

@@ -46,7 +46,14 @@ def usage_of(session: Session, project_id: str) -> list[dict[str, Any]]:
     """The counters of ``project_id``, oldest day first."""
     rows = session.scalars(select(UsageCounter).where(UsageCounter.project_id == project_id).order_by(UsageCounter.day))
     return [
-        {"day": row.day, "requests": row.requests, "bytes_in": row.bytes_in, "bytes_out": row.bytes_out} for row in rows
+        {
+            "day": row.day,
+            "requests": row.requests,
+            "bytes_in": row.bytes_in,
+            "bytes_out": row.bytes_out,
+            "stored_bytes": row.stored_bytes,
+        }
+        for row in rows
     ]
 
 
@@ -59,12 +66,24 @@ _CHARGE = text(
 )
 
 
+# What the project keeps after a change, as the day's figure (the web app's usage chart).
+_RECORD_STORED = text(
+    "INSERT INTO usage_counters (project_id, day, requests, bytes_in, bytes_out, stored_bytes) "
+    "VALUES (:project_id, :day, 0, 0, 0, :stored) "
+    "ON CONFLICT (project_id, day) DO UPDATE SET stored_bytes = excluded.stored_bytes"
+)
+
+
 def charge(session: Session, project_id: str, delta: int) -> bool:
     """Count ``delta`` more (or, negative, fewer) bytes kept for the project; False (and nothing counted) if
     that would take it over its quota."""
     if delta == 0:
         return True
-    return session.execute(_CHARGE, {"project_id": project_id, "delta": delta}).first() is not None
+    row = session.execute(_CHARGE, {"project_id": project_id, "delta": delta}).first()
+    if row is None:
+        return False
+    session.execute(_RECORD_STORED, {"project_id": project_id, "day": today(), "stored": row[0]})
+    return True
 
 
 def charge_or_refuse(session: Session, project_id: str, delta: int, what: str) -> None:
