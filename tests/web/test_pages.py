@@ -178,9 +178,9 @@ def test_docs_and_redoc_render_from_the_package_alone(lab: Any, new_browser: Any
     page.wait_for_selector(".swagger-ui .info .title")
     assert "kachery-cloud project API" in page.inner_text(".swagger-ui .info .title")
     assert page.locator(".opblock").count() > 20  # every operation listed
-    shoot(page, "docs")
+    shoot(page, "docs", full_page=False)
     page.goto(f"{server.url}/redoc")
     page.wait_for_selector("h1")
     assert "kachery-cloud project API" in page.inner_text("h1")
-    shoot(page, "redoc")
+    shoot(page, "redoc", full_page=False)
     assert elsewhere == []

@@ -122,3 +122,16 @@ def test_a_member_sees_the_project_but_not_its_admin_forms(lab: Any, new_browser
     assert page.inner_text("#your-role") == "read"
     assert page.locator("#add-member").count() == 0 and page.locator("text=Settings").count() == 0
     assert page.goto(f"{server.url}/projects/lab/settings").status == 403
+
+
+def test_removing_a_user_ends_their_sessions(lab: Any, new_browser: Any) -> None:
+    server, _made, _ = lab
+    server.admin("create-user", "leaving-lee")
+    server.admin("create-user", "heir-hana")
+    server.admin("create-project", "lee-project", "--owner", "leaving-lee")
+    page = sign_in(new_browser(), server, "--user", "leaving-lee")
+    assert page.inner_text("#signed-in-as") == "leaving-lee"
+    server.admin("remove-user", "leaving-lee", "--give-projects-to", "heir-hana")
+    answer = page.goto(f"{server.url}/clients")
+    assert answer is not None and answer.status == 401
+    assert page.locator("#signed-in-as").count() == 0

@@ -19,10 +19,10 @@ def screenshot_dir() -> Path:
     return where
 
 
-def shoot(page: Any, name: str) -> Path:
-    """Save a full-page screenshot of ``page`` as ``<name>.png`` with the test output."""
+def shoot(page: Any, name: str, *, full_page: bool = True) -> Path:
+    """Save a screenshot of ``page`` (whole, or what the window shows) as ``<name>.png`` with the test output."""
     path = screenshot_dir() / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
 
 
