@@ -258,8 +258,12 @@ def _page_error(status: int, message: str, code: str = "invalid_request") -> Api
 
 
 def _is_api(request: Request) -> bool:
-    """Whether the request is for the API (JSON errors) rather than for a page of the web app (error pages)."""
-    return request.url.path.startswith("/api/") or request.url.path == "/openapi.json"
+    """Whether an error goes back as the API's JSON rather than as a page: always under ``/api/``, and elsewhere
+    unless a browser asks (its navigations and forms accept text/html; clients and scripts do not)."""
+    path = request.url.path
+    if path.startswith("/api/") or path == "/openapi.json":
+        return True
+    return "text/html" not in request.headers.get("accept", "")
 
 
 def _internal_error(request: Request) -> JSONResponse:

@@ -50,6 +50,8 @@ BOOKKEEPING_TABLES = {
     "usage_counters",  # counts requests and bytes per day, refused reads included
     "alembic_version",  # the schema's version, not data
 }
+# Columns that every signed request may change: when a client was last seen (kept to the minute).
+BOOKKEEPING_COLUMNS = {("clients", "last_seen_ms")}
 # Uploads in progress are never served. A refused completion may drop the attacker's own upload row (the
 # server cleaning up), so this table may lose rows during an attack but never gain or change one.
 UPLOADS_TABLE = "uploads"
@@ -220,7 +222,12 @@ def snapshot(world: World) -> Snapshot:
         for table in sorted(inspect(conn).get_table_names()):
             if table in BOOKKEEPING_TABLES or "rate_limit" in table:
                 continue
-            rows = [tuple(row) for row in conn.execute(text(f'SELECT * FROM "{table}"'))]
+            columns = [
+                f'"{c["name"]}"'
+                for c in inspect(conn).get_columns(table)
+                if (table, c["name"]) not in BOOKKEEPING_COLUMNS
+            ]
+            rows = [tuple(row) for row in conn.execute(text(f'SELECT {", ".join(columns)} FROM "{table}"'))]
             tables[table] = sorted(rows, key=repr)
     return Snapshot(frozenset(objects), tables)
 

@@ -122,6 +122,18 @@ def test_a_member_sees_the_project_but_not_its_admin_forms(lab: Any, new_browser
     assert page.inner_text("#your-role") == "read"
     assert page.locator("#add-member").count() == 0 and page.locator("text=Settings").count() == 0
     assert page.goto(f"{server.url}/projects/lab/settings").status == 403
+    # Sending the admin forms herself, with her session and a good form token (the sign-out form's), is refused.
+    page.goto(f"{server.url}/projects/lab")
+    token = page.eval_on_selector("input[name=csrftoken]", "e => e.value")
+    for path, form in (
+        ("members", {"who": "reader-rita", "role": "admin"}),
+        ("settings", {"visibility": "public"}),
+        ("invitations", {"role": "admin"}),
+    ):
+        answer = page.request.post(f"{server.url}/projects/lab/{path}", form={"csrftoken": token, **form})
+        assert answer.status == 403, (path, answer.status)
+    listed = server.admin("list-projects", "--json").stdout
+    assert '"reader-rita": "read"' in listed and '"public_read": false' in listed.split('"lab"')[1][:300]
 
 
 def test_removing_a_user_ends_their_sessions(lab: Any, new_browser: Any) -> None:
