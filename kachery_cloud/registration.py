@@ -154,7 +154,10 @@ def _accept_invitation(config: Any, link: str, label: str, *, quiet: bool) -> di
         save_api_url(config, server_url)
     forget_clients()
     if not quiet:
-        print(f"Joined project {answer['project_id']} as {answer['client']['user']} (role {answer['role']})")
+        if answer["role"] is None:  # a link for one more machine of an account, which gives no role
+            print(f"Linked this machine to {answer['client']['user']}")
+        else:
+            print(f"Joined project {answer['project_id']} as {answer['client']['user']} (role {answer['role']})")
     return answer["client"]
 
 

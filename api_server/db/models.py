@@ -136,6 +136,9 @@ class Invitation(Base):
     expires_at_ms: Mapped[int] = mapped_column(BigInteger)
     used_at_ms: Mapped[int | None] = mapped_column(BigInteger)
     used_by_client_id: Mapped[str | None] = mapped_column(String(64))
+    # False for a link that only adds a machine to its user (the web app's "link another machine"): using it
+    # gives no role, so a link made before a demotion cannot undo it. Migration 0009.
+    grants_role: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
 
 
 class ServerIdentity(Base):

@@ -51,7 +51,9 @@ class AcceptInvitationRequest(BaseModel):
 
 class AcceptedInvitation(BaseModel):
     project_id: str
-    role: Literal["read", "write", "admin"]
+    # None: a link that only added a machine to its user (the web app's), which gives no role; the user has none
+    # in the project now.
+    role: Literal["read", "write", "admin"] | None
     new_user: bool
     client: ClientInfo
 

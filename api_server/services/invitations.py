@@ -31,7 +31,7 @@ class Accepted:
     client: Client
     user: User
     project_id: str
-    role: str
+    role: str | None  # None: a machine link, which gives no role, and the user has none there
     new_user: bool
 
 
@@ -53,12 +53,19 @@ def create_invitation(
     ttl_sec: int,
     created_by: str,
     add_client: bool = False,
+    new_user_only: bool = False,
+    grants_role: bool = True,
 ) -> tuple[str, Invitation]:
     """A new invitation; returns the secret (shown once, in the link) and the row.
 
     A named user who does not exist yet is made now, so that nobody else can take the name before the link is
     used. A named user who already has clients is refused unless ``add_client``: the link makes whoever holds it
-    that user, with all of their projects, which for a new person is a mistake (or someone took the name)."""
+    that user, with all of their projects, which for a new person is a mistake (or someone took the name).
+
+    ``new_user_only`` (the web app's invitation form, which any project admin may use) refuses every existing
+    user: a link naming one would hand its holder that account. ``add_client`` with ``grants_role`` False is a
+    link that only adds a machine to its user, which the web app makes for a signed-in user's own machines (the
+    server's owner included); using it gives no role, so a link made before a demotion cannot undo it."""
     if role not in ROLES:
         raise InvalidRequest(f"invalid role {role!r}: use one of {', '.join(ROLES)}")
     if not 1 <= ttl_sec <= MAX_TTL_SEC:
@@ -67,9 +74,15 @@ def create_invitation(
     if user_name is not None:
         user_name = validate_user_name(user_name)
         existing = session.scalars(select(User).where(User.name == user_name)).first()
+        if existing is not None and new_user_only:
+            raise Conflict(
+                f"{user_name} is an existing user: an invitation naming them would make whoever holds the link "
+                f"{user_name}. Add them as a member instead, or invite a new name",
+                error_code="user_exists",
+            )
         if existing is None:
             session.add(User(name=user_name))
-        elif existing.is_local_owner:
+        elif existing.is_local_owner and grants_role:
             raise Forbidden(
                 f"{user_name} is this server's owner; invitations are for other people", error_code="owner_invitation"
             )
@@ -87,6 +100,7 @@ def create_invitation(
         token_sha256=_digest(token),
         project_id=project_id,
         role=role,
+        grants_role=grants_role,
         user_name=user_name,
         created_by=created_by[:255],
         expires_at_ms=now_ms() + ttl_sec * 1000,
@@ -119,7 +133,10 @@ def accept(session: Session, token: str, client_id: str, label: str, *, suggeste
     else:
         user, new_user = _user_to_become(session, invitation, suggested_name)
         client = identity.link_client(session, user, client_id, label)
-    role = _grant(session, invitation.project_id, user, invitation.role)
+    if invitation.grants_role:
+        role = _grant(session, invitation.project_id, user, invitation.role)
+    else:
+        role = projects.role_of(session, invitation.project_id, user.id)
     session.flush()
     return Accepted(client=client, user=user, project_id=invitation.project_id, role=role, new_user=new_user)
 
@@ -138,6 +155,11 @@ def accept_for_browser(session: Session, token: str, *, suggested_name: str) -> 
     already has clients is refused here: signing in as them in a browser would be the whole account too, and
     ``--add-client`` promised only one more machine."""
     invitation = _claim(session, token, None)
+    if not invitation.grants_role:
+        raise Conflict(
+            "this link adds a machine to an account: use it with kachery-cloud-init --invite on that machine",
+            error_code="invitation_for_a_client",
+        )
     if invitation.user_name is not None:
         existing = session.scalars(select(User).where(User.name == invitation.user_name)).first()
         if existing is not None and _has_clients(session, existing):
@@ -208,7 +230,8 @@ def _user_to_become(session: Session, invitation: Invitation, suggested_name: st
     if invitation.user_name is not None:
         existing = session.scalars(select(User).where(User.name == invitation.user_name)).first()
         if existing is not None:
-            if existing.is_local_owner:  # made an owner after the invitation was made
+            # The owner's own machine link (it grants no role) may add a machine of the owner's; nothing else.
+            if existing.is_local_owner and invitation.grants_role:  # made an owner after the invitation was made
                 raise Forbidden("invitations cannot make anyone this server's owner", error_code="owner_invitation")
             return existing, False
         wanted = invitation.user_name

@@ -55,10 +55,16 @@ def install(app: Any, context: ServerContext) -> None:
 
 
 class _CsrfProtection:
+    """asgi-csrf, behind a check of where a form comes from. The token alone is not enough: its cookie is readable
+    by scripts, and cookies ignore ports, so a page served from another port of this host (the embedded store's,
+    a notebook server's) could read it and post forms with it. Browsers name the page a form comes from in
+    ``Origin`` (or, failing that, ``Referer``): a page form is taken only from this server's own pages."""
+
     def __init__(self, app: Any, *, signing_secret: str, cookie_secure: bool) -> None:
         from .render import csrf_failed
 
-        self.app = asgi_csrf(
+        self.refuse = csrf_failed
+        self.checked = asgi_csrf(
             app,
             cookie_name=CSRF_COOKIE,
             signing_secret=signing_secret,
@@ -69,7 +75,36 @@ class _CsrfProtection:
         )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] in _SAFE_METHODS or scope["path"].startswith("/api/"):
+            await self.checked(scope, receive, send)
+            return
+        if not _from_this_server(scope):
+            await self.refuse(scope, send, "the form came from another site")
+            return
+        try:
+            await self.checked(scope, receive, send)
+        except (IndexError, UnicodeDecodeError, AssertionError):
+            # A body asgi-csrf cannot parse (a multipart header without "; boundary=", text that is not UTF-8):
+            # a refusal, not a 500. It fails before the app runs, so nothing was answered yet.
+            await self.refuse(scope, send, "the form could not be read")
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+def _from_this_server(scope: dict) -> bool:
+    """Whether the request's ``Origin`` (else ``Referer``) names the host and port it was sent to. Cookies go
+    to every port of a host, so a page on another port is "the same site" to the browser but not to us."""
+    from urllib.parse import urlsplit
+
+    headers = dict(scope.get("headers") or [])
+    host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+    source = headers.get(b"origin") or headers.get(b"referer") or b""
+    try:
+        netloc = urlsplit(source.decode("latin-1").strip()).netloc.lower()
+    except ValueError:
+        return False
+    return bool(host) and netloc == host
 
 
 def _derived(secret: str, purpose: str) -> str:
@@ -77,7 +112,9 @@ def _derived(secret: str, purpose: str) -> str:
 
 
 def optional_web_user(request: Request, context: Annotated[ServerContext, Depends(get_context)]) -> User | None:
-    """The signed-in user, or None (never signed in, signed out, or the session expired or was ended)."""
+    """The signed-in user, or None (never signed in, signed out, or the session expired or was ended). Every
+    page counts against its address's rate limit, as unsigned API requests do."""
+    context.authenticator.limiter.address_request(request.client.host if request.client else "unknown")
     token = request.session.get("sid")
     if not isinstance(token, str):
         return None
@@ -111,6 +148,17 @@ def end(request: Request, context: ServerContext) -> None:
         with context.db.transaction() as session:
             web_sessions.end_session(session, token)
     request.session.clear()
+
+
+def flash(request: Request, notice: str) -> None:
+    """A message for the next page this browser shows (kept in its signed session cookie, never in the URL,
+    where anyone could write one: "Run this command…" on the lab's own page)."""
+    request.session["notice"] = notice[:300]
+
+
+def take_flash(request: Request) -> str:
+    notice = request.session.pop("notice", "")
+    return notice if isinstance(notice, str) else ""
 
 
 OptionalWebUser = Annotated[User | None, Depends(optional_web_user)]

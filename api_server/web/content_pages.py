@@ -17,7 +17,7 @@ from ..auth import Caller
 from ..db.models import Feed, User
 from ..errors import InvalidRequest, NotFound
 from ..routes.deps import ContextDep
-from .browser_session import OptionalWebUser, WebUser
+from .browser_session import OptionalWebUser, WebUser, flash
 from .project_pages import project_page, readable_project
 
 router = APIRouter(include_in_schema=False)
@@ -212,7 +212,6 @@ async def task_page(
         user,
         task=status,
         task_input=json.dumps(status.get("task_input"), indent=1, ensure_ascii=False),
-        notice=request.query_params.get("notice", "")[:300],
     )
 
 
@@ -222,4 +221,5 @@ def cancel_task(project_id: str, task_id: str, request: Request, context: Contex
         readable_project(session, user, project_id)
     result = context.tasks.cancel(_caller(request, user), project_id, task_id)
     notice = "cancelled" if result["cancelled"] else f"the task had already ended ({result['state']})"
-    return RedirectResponse(f"/projects/{project_id}/tasks/{task_id}?notice={notice}", status_code=303)
+    flash(request, notice)
+    return RedirectResponse(f"/projects/{project_id}/tasks/{task_id}", status_code=303)

@@ -7,7 +7,8 @@ settings. A private project answers a non-member exactly as a project that does 
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -15,19 +16,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..db.models import ROLES, Blob, Client, Membership, Project, User
-from ..errors import ApiError, InvalidRequest, NotFound
+from ..errors import ApiError, Forbidden, InvalidRequest, NotFound
 from ..routes.deps import ContextDep
 from ..services import identity, invitations, projects
 from ..services.blobs import stored_totals
 from ..services.usage import add_usage, usage_of
 from ..settings import parse_size
 from . import charts
-from .browser_session import OptionalWebUser, WebUser
+from .browser_session import OptionalWebUser, WebUser, flash, take_flash
 from .render import render
 
 router = APIRouter(include_in_schema=False)
 
 RECENT_BLOBS = 100
+_NEW_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _INVITE_TTLS = {"1h": 3600, "1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 
 
@@ -40,14 +42,14 @@ def readable_project(session: Session, user: User | None, project_id: str) -> tu
 def project_page(
     request: Request, name: str, project: Project, role: str | None, tab: str, user: User | None, **page: object
 ) -> HTMLResponse:
-    return render(request, name, {"project": project, "role": role, "tab": tab, **page}, user=user)
+    page = {"project": project, "role": role, "tab": tab, "notice": take_flash(request), **page}
+    return render(request, name, page, user=user)
 
 
-def _back_to(project_id: str, tab: str = "", notice: str = "") -> RedirectResponse:
-    from urllib.parse import quote
-
-    url = f"/projects/{project_id}{'/' + tab if tab else ''}"
-    return RedirectResponse(f"{url}?notice={quote(notice)}" if notice else url, status_code=303)
+def _back_to(request: Request, project_id: str, tab: str = "", notice: str = "") -> RedirectResponse:
+    if notice:
+        flash(request, notice)
+    return RedirectResponse(f"/projects/{project_id}{'/' + tab if tab else ''}", status_code=303)
 
 
 # --- overview and members ---
@@ -55,10 +57,14 @@ def _back_to(project_id: str, tab: str = "", notice: str = "") -> RedirectRespon
 
 @router.get("/projects/{project_id}", response_class=HTMLResponse)
 def overview(project_id: str, request: Request, context: ContextDep, user: OptionalWebUser) -> HTMLResponse:
+    return _overview(project_id, request, context, user, new_link="")
+
+
+def _overview(project_id: str, request: Request, context: Any, user: User | None, *, new_link: str) -> HTMLResponse:
     with context.db.transaction() as session:
         project, role = readable_project(session, user, project_id)
         blob_count, _ = stored_totals(session, project_id)
-        owner = session.get(User, project.owner_user_id)
+        owner = session.get(User, project.owner_user_id) if role is not None else None
         members = (
             session.execute(
                 select(User, Membership.role)
@@ -86,8 +92,7 @@ def overview(project_id: str, request: Request, context: ContextDep, user: Optio
         members=members,
         roles=ROLES,
         open_invitations=open_invitations,
-        notice=request.query_params.get("notice", "")[:300],
-        new_link=request.query_params.get("link", "")[:300],
+        new_link=new_link,
     )
 
 
@@ -104,6 +109,7 @@ def _member_form_user(session: Session, who: str) -> User:
 @router.post("/projects/{project_id}/members")
 def set_member(
     project_id: str,
+    request: Request,
     context: ContextDep,
     user: WebUser,
     who: Annotated[str, Form(max_length=320)],
@@ -115,46 +121,53 @@ def set_member(
         member = _member_form_user(session, who)
         projects.set_member(session, project_id, member, role)
         name = member.name
-    return _back_to(project_id, notice=f"{name} has role {role}")
+    return _back_to(request, project_id, notice=f"{name} has role {role}")
 
 
 @router.post("/projects/{project_id}/members/remove")
 def remove_member(
-    project_id: str, context: ContextDep, user: WebUser, who: Annotated[str, Form(max_length=320)]
+    project_id: str, request: Request, context: ContextDep, user: WebUser, who: Annotated[str, Form(max_length=320)]
 ) -> Response:
     with context.db.transaction() as session:
         projects.require_role(session, project_id, user, "admin", members_only=True)
         member = identity.find_user(session, who)
         removed = projects.remove_member(session, project_id, member)
-    return _back_to(project_id, notice=f"removed {who}" if removed else f"{who} was not a member")
+    return _back_to(request, project_id, notice=f"removed {who}" if removed else f"{who} was not a member")
 
 
-@router.post("/projects/{project_id}/invitations")
+@router.post("/projects/{project_id}/invitations", response_class=HTMLResponse)
 def make_invitation(
     project_id: str,
+    request: Request,
     context: ContextDep,
     user: WebUser,
     role: Annotated[str, Form(max_length=16)],
     expires: Annotated[str, Form(max_length=8)] = "7d",
     for_user: Annotated[str, Form(max_length=100)] = "",
-) -> Response:
-    """A one-time invitation link (admins), shown once on the page that follows."""
-    from urllib.parse import quote
-
+) -> HTMLResponse:
+    """A one-time invitation link (admins), shown once: in this answer, never in a URL (where logs and the
+    browser's history would keep it). It may name a new user only: naming an existing one would hand the
+    link's holder that account."""
     if expires not in _INVITE_TTLS:
         raise InvalidRequest(f"expires: one of {', '.join(_INVITE_TTLS)}")
+    name = for_user.strip()
+    if name and not _NEW_NAME_RE.fullmatch(name):
+        raise InvalidRequest(
+            f"{name!r}: a new user's name here is 1-100 letters, digits and . _ - (no @ or +, so that it cannot pass "
+            "for someone's email)"
+        )
     with context.db.transaction() as session:
         projects.require_role(session, project_id, user, "admin", members_only=True)
         token, _invitation = invitations.create_invitation(
             session,
             project_id,
             role,
-            user_name=for_user.strip() or None,
+            user_name=name or None,
             ttl_sec=_INVITE_TTLS[expires],
             created_by=user.name,
+            new_user_only=True,
         )
-    link = invitations.link_of(context.server_url, token)
-    return RedirectResponse(f"/projects/{project_id}?link={quote(link)}", status_code=303)
+    return _overview(project_id, request, context, user, new_link=invitations.link_of(context.server_url, token))
 
 
 # --- usage ---
@@ -227,40 +240,43 @@ def download(project_id: str, sha1: str, context: ContextDep, user: OptionalWebU
 def settings_page(project_id: str, request: Request, context: ContextDep, user: WebUser) -> HTMLResponse:
     with context.db.transaction() as session:
         project = projects.require_role(session, project_id, user, "admin", members_only=True)
-    return project_page(
-        request,
-        "settings.html",
-        project,
-        "admin",
-        "settings",
-        user,
-        notice=request.query_params.get("notice", "")[:300],
-    )
+    return project_page(request, "settings.html", project, "admin", "settings", user, can_set_quota=user.is_local_owner)
 
 
 @router.post("/projects/{project_id}/settings")
 def change_settings(
     project_id: str,
+    request: Request,
     context: ContextDep,
     user: WebUser,
     label: Annotated[str, Form(max_length=255)] = "",
     visibility: Annotated[str, Form(max_length=16)] = "private",
     quota: Annotated[str, Form(max_length=32)] = "",
+    sets_quota: Annotated[str, Form(max_length=1)] = "",
     task_request_role: Annotated[str, Form(max_length=16)] = "write",
 ) -> Response:
+    """Label, visibility and who may request tasks (the project's admins); the quota too, for the server's
+    owner only: a quota limits what the server keeps for a project, so its own admins do not set it."""
     if visibility not in ("public", "private"):
         raise InvalidRequest("visibility: public or private")
     if task_request_role not in ("read", "write"):
         raise InvalidRequest("who may request tasks: read or write")
-    quota = quota.strip()
-    try:
-        quota_bytes = None if quota.lower() in ("", "none", "unlimited") else parse_size(quota)
-    except ValueError as e:
-        raise InvalidRequest(f"quota: {e}") from None
+    quota_bytes: int | None = None
+    # The quota field is on the form only for the server's owner; an empty one means unlimited (a form field
+    # left empty arrives as missing, hence this marker beside it).
+    if sets_quota:
+        if not user.is_local_owner:
+            raise Forbidden("only the server's owner sets quotas", error_code="quota_is_the_servers")
+        text = quota.strip()
+        try:
+            quota_bytes = None if text.lower() in ("", "none", "unlimited") else parse_size(text)
+        except ValueError as e:
+            raise InvalidRequest(f"quota: {e}") from None
     with context.db.transaction() as session:
         project = projects.require_role(session, project_id, user, "admin", members_only=True)
         project.label = identity.clean_label(label)
         project.public_read = visibility == "public"
-        project.storage_quota_bytes = quota_bytes
+        if sets_quota:
+            project.storage_quota_bytes = quota_bytes
         project.task_request_role = task_request_role
-    return _back_to(project_id, "settings", notice="saved")
+    return _back_to(request, project_id, "settings", notice="saved")

@@ -35,8 +35,11 @@ def test_a_sign_in_link_works_once(lab: Any, new_browser: Any) -> None:
     form_page = session.get(f"{server.url}/")
     token = session.cookies.get("kachery_csrf")
     assert form_page.ok and token
-    replay = session.post(f"{server.url}/sign-in", data={"csrftoken": token, "token": link.rsplit("/", 1)[1]})
+    form = {"csrftoken": token, "token": link.rsplit("/", 1)[1]}
+    replay = session.post(f"{server.url}/sign-in", data=form, headers={"Origin": server.url})
     assert replay.status_code == 409
+    # Without the Origin (or Referer) a browser always sends with a form, the server takes no form at all.
+    assert session.post(f"{server.url}/sign-in", data=form).status_code == 403
     assert session.get(f"{server.url}/clients").status_code == 401
 
 

@@ -1,5 +1,6 @@
 """The web app: browser sessions, one-time sign-in links, the secret that signs the app's cookies, when each
-client was last seen, and what each project kept at the end of each day (the usage chart).
+client was last seen, whether an invitation grants a role (a link for one more machine does not), and what each
+project kept at the end of each day (the usage chart).
 
 Revision ID: 0009
 Revises: 0008
@@ -46,6 +47,8 @@ def upgrade() -> None:
     op.create_index("ix_sign_in_links_user_id", "sign_in_links", ["user_id"])
     with op.batch_alter_table("clients") as batch:
         batch.add_column(sa.Column("last_seen_ms", sa.BigInteger(), nullable=True))
+    with op.batch_alter_table("invitations") as batch:
+        batch.add_column(sa.Column("grants_role", sa.Boolean(), nullable=False, server_default=sa.true()))
     with op.batch_alter_table("usage_counters") as batch:
         batch.add_column(sa.Column("stored_bytes", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("server_identity") as batch:
@@ -59,6 +62,8 @@ def downgrade() -> None:
         batch.drop_column("web_secret")
     with op.batch_alter_table("usage_counters") as batch:
         batch.drop_column("stored_bytes")
+    with op.batch_alter_table("invitations") as batch:
+        batch.drop_column("grants_role")
     with op.batch_alter_table("clients") as batch:
         batch.drop_column("last_seen_ms")
     op.drop_index("ix_sign_in_links_user_id", table_name="sign_in_links")
