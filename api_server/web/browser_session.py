@@ -78,7 +78,10 @@ class _CsrfProtection:
         if scope["type"] != "http" or scope["method"] in _SAFE_METHODS or scope["path"].startswith("/api/"):
             await self.checked(scope, receive, send)
             return
-        if not _from_this_server(scope):
+        # As for the token: a request without cookies carries no one's authority (an API client's, say), except
+        # on the sign-in forms, where a page elsewhere could sign a visitor in as someone else.
+        carries_cookies = any(name == b"cookie" for name, _ in scope.get("headers") or [])
+        if (carries_cookies or scope["path"] in SIGN_IN_FORMS) and not _from_this_server(scope):
             await self.refuse(scope, send, "the form came from another site")
             return
         try:
