@@ -97,7 +97,7 @@ def create_invitation(
             )
     token = secrets.token_urlsafe(32)
     invitation = Invitation(
-        token_sha256=_digest(token),
+        token_sha256=token_digest(token),
         project_id=project_id,
         role=role,
         grants_role=grants_role,
@@ -205,7 +205,7 @@ def invitation_state(invitation: Invitation) -> str:
 
 
 def find(session: Session, token: str) -> Invitation | None:
-    return session.get(Invitation, _digest(token)) if _TOKEN_RE.fullmatch(token) else None
+    return session.get(Invitation, token_digest(token)) if _TOKEN_RE.fullmatch(token) else None
 
 
 def _open(session: Session, token: str) -> Invitation:
@@ -264,7 +264,8 @@ def _clean_suggestion(name: str) -> str:
     return cleaned or "member"
 
 
-def _digest(token: str) -> str:
+def token_digest(token: str) -> str:
+    """What is stored of a link's secret (here and for sign-in links): its SHA-256, in hex."""
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 

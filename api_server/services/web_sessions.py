@@ -8,7 +8,6 @@ racing with one link, one gets in.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 from ..db.models import ServerIdentity, SignInLink, User, WebSession, now_ms
 from ..errors import Conflict, Gone, NotFound
 from . import invitations
+from .invitations import token_digest
 
 SIGN_IN_PATH = "/sign-in/"
 DEFAULT_LINK_TTL_SEC = 15 * 60
@@ -38,7 +38,7 @@ def web_secret(session: Session) -> str:
 def create_sign_in_link(session: Session, user: User, ttl_sec: int = DEFAULT_LINK_TTL_SEC) -> str:
     """A new one-time sign-in secret for ``user`` (the caller builds the link with :func:`link_of`)."""
     token = secrets.token_urlsafe(32)
-    session.add(SignInLink(token_sha256=_digest(token), user_id=user.id, expires_at_ms=now_ms() + ttl_sec * 1000))
+    session.add(SignInLink(token_sha256=token_digest(token), user_id=user.id, expires_at_ms=now_ms() + ttl_sec * 1000))
     session.flush()
     return token
 
@@ -88,7 +88,9 @@ def start_session(session: Session, user: User, how: str, ttl_sec: int) -> str:
     now = now_ms()
     session.execute(delete(WebSession).where(WebSession.expires_at_ms < now))  # indexed; keeps the table small
     token = secrets.token_urlsafe(32)
-    session.add(WebSession(token_sha256=_digest(token), user_id=user.id, how=how, expires_at_ms=now + ttl_sec * 1000))
+    session.add(
+        WebSession(token_sha256=token_digest(token), user_id=user.id, how=how, expires_at_ms=now + ttl_sec * 1000)
+    )
     session.flush()
     return token
 
@@ -97,7 +99,7 @@ def user_of_session(session: Session, token: str) -> User | None:
     """The signed-in user, or None for an unknown, ended or expired session."""
     if not _TOKEN_RE.fullmatch(token):
         return None
-    row = session.get(WebSession, _digest(token))
+    row = session.get(WebSession, token_digest(token))
     if row is None or row.expires_at_ms <= now_ms():
         return None
     return session.get(User, row.user_id)
@@ -105,7 +107,7 @@ def user_of_session(session: Session, token: str) -> User | None:
 
 def end_session(session: Session, token: str) -> None:
     if _TOKEN_RE.fullmatch(token):
-        session.execute(delete(WebSession).where(WebSession.token_sha256 == _digest(token)))
+        session.execute(delete(WebSession).where(WebSession.token_sha256 == token_digest(token)))
 
 
 def end_sessions_of(session: Session, user: User) -> None:
@@ -113,11 +115,7 @@ def end_sessions_of(session: Session, user: User) -> None:
 
 
 def _find_link(session: Session, token: str) -> SignInLink | None:
-    return session.get(SignInLink, _digest(token)) if _TOKEN_RE.fullmatch(token) else None
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("ascii")).hexdigest()
+    return session.get(SignInLink, token_digest(token)) if _TOKEN_RE.fullmatch(token) else None
 
 
 def link_of(server_url: str, token: str) -> str:

@@ -3,7 +3,6 @@ and the page of an invitation link (which says how to use it, and can use it to 
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -15,7 +14,7 @@ from ..routes.deps import ContextDep
 from ..services import identity, invitations, projects, web_sessions
 from . import browser_session
 from .browser_session import OptionalWebUser
-from .render import render
+from .render import render, when
 
 router = APIRouter(include_in_schema=False)
 
@@ -102,9 +101,11 @@ def invitation_page(token: str, request: Request, context: ContextDep, user: Opt
         invitation = invitations.find(session, token)
         state = invitations.invitation_state(invitation) if invitation is not None else "unknown"
         if invitation is not None:
-            expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(invitation.expires_at_ms / 1000))
             page.update(
-                project_id=invitation.project_id, role=invitation.role, expires=expires, for_user=invitation.user_name
+                project_id=invitation.project_id,
+                role=invitation.role,
+                expires=when(invitation.expires_at_ms),
+                for_user=invitation.user_name,
             )
     messages = {
         "used": "This invitation link was already used; ask the lab's admin for a new one.",
