@@ -141,12 +141,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     stop = threading.Event()
     threading.Thread(target=_sweep_uploads, args=(context, stop), name="kachery-upload-sweeper", daemon=True).start()
     context.wakeups.start()
+    context.usage_meter.start()
     try:
         yield
     finally:
         stop.set()
         context.wakeups.close()
         context.blobs.close()
+        context.usage_meter.close()
 
 
 def _sweep_uploads(context: ServerContext, stop: threading.Event) -> None:

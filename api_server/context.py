@@ -16,6 +16,7 @@ from .services.blobs import BlobService
 from .services.feeds import FeedService
 from .services.mutables import MutableService
 from .services.tasks import TaskService
+from .services.usage_meter import SESSION_KEY, UsageMeter
 from .settings import Settings
 from .storage import Storage
 from .wakeups import Wakeups
@@ -34,6 +35,7 @@ class ServerContext:
     tasks: TaskService
     wakeups: Wakeups
     long_polls: LongPollSlots
+    usage_meter: UsageMeter
     # The token the server's owner proves itself with (owner_proof), and the file that holds it.
     owner_token: str
     owner_token_file: Path
@@ -55,6 +57,8 @@ class ServerContext:
             this_server = server_id(session)
             web_secret = web_sessions.web_secret(session)
         wakeups = Wakeups(db)
+        usage_meter = UsageMeter(db, settings.usage_flush_interval_sec)
+        db.session_info[SESSION_KEY] = usage_meter
         owner_token, owner_token_file = ensure_owner_token(settings.resolved_data_dir)
         blobs = BlobService(db, storage, settings)
         google = (
@@ -81,6 +85,7 @@ class ServerContext:
             tasks=TaskService(db, wakeups, settings, blobs),
             wakeups=wakeups,
             long_polls=LongPollSlots(settings.max_long_polls_per_client),
+            usage_meter=usage_meter,
             owner_token=owner_token,
             owner_token_file=owner_token_file,
             web_secret=web_secret,

@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     verify_uploads: Literal["auto", "rehash"] = "auto"
     # How long a write waits for SQLite's lock (held by another process) before it is answered 503.
     sqlite_busy_timeout_sec: float = Field(30.0, gt=0, le=3600)
+    # Usage counters (requests, bytes in and out per project and day) are added up in each API process and
+    # written this often, in one transaction: no request writes a counter row itself.
+    usage_flush_interval_sec: float = Field(1.0, gt=0, le=3600)
     # A worker holds a task for this long and renews the lease every third of it while the task runs; a worker
     # that stops renewing (killed, cut off) loses the task, which goes to another worker.
     task_lease_sec: int = Field(30, ge=1, le=3600)

@@ -30,6 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+USAGE_FLUSH_INTERVAL_SEC = 0.2
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KACHERY_")}
     env.update(extra)
@@ -63,6 +66,12 @@ class RunningServer:
         if check and result.returncode != 0:
             raise AssertionError(f"admin {args} failed: {result.stderr}")
         return result
+
+    def settled_usage(self, project: str = "default") -> dict[str, Any]:
+        """``admin usage PROJECT --json`` once the counts of the requests made so far are written (the server
+        adds them up in memory and writes them every USAGE_FLUSH_INTERVAL_SEC)."""
+        time.sleep(3 * USAGE_FLUSH_INTERVAL_SEC)
+        return json.loads(self.admin("usage", project, "--json").stdout)
 
     def owner_token(self) -> str:
         """The content of the server's owner-token file."""
@@ -150,7 +159,8 @@ def start_server(
     if settings:
         (data_dir / "settings.yaml").write_text(yaml.safe_dump(settings))
     port = port or free_port()
-    env = clean_env()
+    # Usage counts reach the database within this interval (settled_usage waits for it); the default is 1 s.
+    env = clean_env(KACHERY_CLOUD_SERVER_USAGE_FLUSH_INTERVAL_SEC=str(USAGE_FLUSH_INTERVAL_SEC))
     if database_url:
         env["KACHERY_CLOUD_SERVER_DATABASE_URL"] = database_url
     log_path = data_dir / "test-server.log"

@@ -173,7 +173,8 @@ def find(body: FindRequest, caller: OptionalCaller, context: ContextDep) -> dict
 @router.get("/projects/{project_id}/usage", response_model=UsageResponse)
 def project_usage(project_id: str, caller: RegisteredCaller, context: ContextDep) -> UsageResponse:
     """Requests and bytes per day of a project the caller is a member of."""
-    with context.db.transaction() as session:
+    context.usage_meter.flush()  # this process's counts so far (other replicas' come within their interval)
+    with context.db.read() as session:
         projects.require_role(session, project_id, caller.user, "read", members_only=True)
         days = usage.usage_of(session, project_id)
     return UsageResponse(project_id=project_id, days=[UsageDay(**d) for d in days])

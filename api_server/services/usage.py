@@ -28,7 +28,7 @@ def today() -> str:
 
 # The same upsert in SQLite (3.24+) and PostgreSQL. Plain SQL: the ORM's dialect-specific upsert was compiled
 # afresh on every request and cost more than the rest of a small request's transaction.
-_ADD_USAGE = text(
+ADD_USAGE = text(
     "INSERT INTO usage_counters (project_id, day, requests, bytes_in, bytes_out) "
     "VALUES (:project_id, :day, :requests, :bytes_in, :bytes_out) "
     "ON CONFLICT (project_id, day) DO UPDATE SET requests = usage_counters.requests + excluded.requests, "
@@ -37,9 +37,14 @@ _ADD_USAGE = text(
 
 
 def add_usage(session: Session, project_id: str, *, requests: int = 0, bytes_in: int = 0, bytes_out: int = 0) -> None:
-    """Add to today's counters of ``project_id`` (one upsert; concurrent requests never lose a count)."""
+    """Add to today's counters of ``project_id``: in the server's :class:`~.usage_meter.UsageMeter`, which writes
+    them in batches, or (the admin CLI, which has none) at once, by one upsert in ``session``'s transaction."""
+    meter = session.info.get("usage_meter")
+    if meter is not None:
+        meter.add(project_id, requests=requests, bytes_in=bytes_in, bytes_out=bytes_out)
+        return
     values = {"requests": requests, "bytes_in": bytes_in, "bytes_out": bytes_out}
-    session.execute(_ADD_USAGE, {"project_id": project_id, "day": today(), **values})
+    session.execute(ADD_USAGE, {"project_id": project_id, "day": today(), **values})
 
 
 def usage_of(session: Session, project_id: str) -> list[dict[str, Any]]:

@@ -175,6 +175,7 @@ def make_invitation(
 
 @router.get("/projects/{project_id}/usage", response_class=HTMLResponse)
 def usage(project_id: str, request: Request, context: ContextDep, user: OptionalWebUser) -> HTMLResponse:
+    context.usage_meter.flush()
     with context.db.transaction() as session:
         project, role = readable_project(session, user, project_id)
         rows = usage_of(session, project_id)

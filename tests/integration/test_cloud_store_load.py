@@ -35,7 +35,7 @@ MIB = 1 << 20
 
 
 def usage(server: RunningServer, project: str = "default") -> dict:
-    report = json.loads(server.admin("usage", project, "--json").stdout)
+    report = server.settled_usage(project)
     totals = {key: sum(day[key] for day in report["days"]) for key in ("requests", "bytes_in", "bytes_out")}
     return {**report, **totals}
 

@@ -102,7 +102,7 @@ def test_a_client_on_one_machine_stores_and_one_on_another_loads(
     assert answer["reader_stored"] is False  # a read member cannot write, from anywhere
     # Both came from the server (machine b's directory was empty), and the link's server is now b's.
     assert f"api_url: http://{a.host_address}:{server.port}" in (tmp_path / "b" / "config.yaml").read_text()
-    usage = json.loads(server.admin("usage", "default", "--json").stdout)
+    usage = server.settled_usage("default")
     assert sum(d["bytes_out"] for d in usage["days"]) >= data.stat().st_size
 
 
