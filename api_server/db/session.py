@@ -46,11 +46,22 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads on SQLite begin without the write lock (see _sqlite_on_begin), so that they run beside a writer.
+        self._read_sessions = sessionmaker(self.engine.execution_options(kachery_read=True), expire_on_commit=False)
+        # What every session carries in Session.info (the server's usage meter).
+        self.session_info: dict[str, Any] = {}
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session in one transaction: committed if the block succeeds, rolled back if it raises."""
-        with self._sessions() as session, session.begin():
+        with self._sessions(info=self.session_info) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction for a block that only reads: on SQLite it takes no write lock, so it neither waits for a
+        writer nor holds one up. (A write in it may fail with "database is locked" on SQLite.)"""
+        with self._read_sessions(info=self.session_info) as session, session.begin():
             yield session
 
     def ping(self) -> None:
@@ -104,5 +115,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_on_begin(connection: Any) -> None:
     # BEGIN IMMEDIATE takes the write lock at the start, so two writers queue on busy_timeout instead of one
-    # failing with "database is locked" when it upgrades a read lock mid-transaction.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # failing with "database is locked" when it upgrades a read lock mid-transaction. Reads (Database.read) take
+    # a snapshot instead, and no lock.
+    read = connection.get_execution_options().get("kachery_read", False)
+    connection.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -364,7 +364,7 @@ class BlobService:
                 continue
             verified[actual] = data
             results.append({"sha1": claimed, "status": "stored", "message": ""})
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             project = projects.caller_project(session, caller, project_id, "write")
             add_usage(session, project.id, requests=1)
             missing = self._missing(session, project, verified)
@@ -420,23 +420,24 @@ class BlobService:
             # Checked again: another request may have used up the quota meanwhile. The objects are left in the
             # store then; without a row they are never served, and writing them again is harmless.
             charge_or_refuse(session, project_id, total, f"{len(new)} blob(s)")
-            for sha1, where in new.items():
-                session.add(
-                    Blob(
-                        project_id=project_id,
-                        sha1=sha1,
-                        size=where.size,
-                        created_by_client_id=client_id,
-                        object_key=where.key,
-                        pack_offset=where.offset,
-                    )
-                )
-            if new:
+            if new:  # one statement for the batch (ORM objects cost more than the rest of a small store)
+                rows = [
+                    {
+                        "project_id": project_id,
+                        "sha1": sha1,
+                        "size": where.size,
+                        "created_by_client_id": client_id,
+                        "object_key": where.key,
+                        "pack_offset": where.offset,
+                    }
+                    for sha1, where in new.items()
+                ]
+                session.execute(insert(Blob), rows)
                 add_usage(session, project_id, bytes_in=total)
 
     def _recorded_key(self, upload: Upload) -> str | None:
         """The object key of the recorded blob ``upload`` is for (None: the canonical key, or no blob)."""
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             blob = session.get(Blob, (upload.project_id, upload.sha1))
             return blob.object_key if blob is not None else None
 
@@ -471,7 +472,7 @@ class BlobService:
         if len(unique) > MAX_BATCH:
             raise InvalidRequest(f"at most {MAX_BATCH} hashes per request")
         user_id = caller.user_id
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             query = (
                 select(
                     Blob.sha1,

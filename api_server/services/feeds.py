@@ -71,7 +71,7 @@ class FeedService:
             return _describe(feed)
 
     def info(self, caller: Caller, feed_id: str) -> dict[str, Any]:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             feed = _readable_feed(session, caller, feed_id)
             add_usage(session, feed.project_id, requests=1)
             return _describe(feed)
@@ -154,7 +154,7 @@ class FeedService:
     def _read_page(self, caller: Caller, feed_id: str, start: int, limit: int, count: bool) -> dict[str, Any]:
         limit = max(1, min(limit, MAX_READ_MESSAGES))
         messages: list[dict[str, Any]] = []
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             feed = _readable_feed(session, caller, feed_id)
             if start < feed.num_messages:
                 query = (

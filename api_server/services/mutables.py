@@ -49,7 +49,7 @@ class MutableService:
 
     def get(self, caller: Caller, project_id: str | None, key: str) -> dict[str, Any]:
         key = _check_key(key)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             project = projects.caller_project(session, caller, project_id, "read")
             row = session.get(Mutable, (project.id, key))
             add_usage(session, project.id, requests=1)
@@ -128,7 +128,7 @@ class MutableService:
         after the key ``after``; ``next_after`` is where the next page starts (None: this was the last)."""
         prefix = _folder_prefix(folder_key) if folder_key else None
         limit = max(1, min(limit, MAX_LIST))
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             project = projects.caller_project(session, caller, project_id, "read")
             # Columns, not rows: a page must not load up to 1000 values of up to 1 MiB each.
             query = select(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from ..auth import Caller
@@ -124,15 +124,29 @@ def role_of(session: Session, project_id: str, user_id: int | None) -> str | Non
     return membership.role if membership is not None else None
 
 
+_PROJECT_AND_ROLE = (
+    select(Project, Membership.role)
+    .outerjoin(Membership, and_(Membership.project_id == Project.id, Membership.user_id == bindparam("user_id")))
+    .where(Project.id == bindparam("project_id"))
+)
+
+
 def require_role(
     session: Session, project_id: str, user: User | None, needed: str, *, members_only: bool = False
 ) -> Project:
     """The project, if ``user`` (None = anonymous) may act with role ``needed``; ``read`` on a public project
     is open to everyone, unless ``members_only``."""
-    project = get_project(session, project_id)
+    # The project and the user's role in it in one query (every request of a project asks this).
+    found = (
+        session.execute(_PROJECT_AND_ROLE, {"project_id": project_id, "user_id": user.id if user else None}).first()
+        if PROJECT_ID_RE.match(project_id)
+        else None
+    )
+    if found is None:
+        raise project_not_found(project_id)
+    project, role = found
     if needed == "read" and project.public_read and not members_only:
         return project
-    role = role_of(session, project_id, user.id if user is not None else None)
     if role is None:
         if not project.public_read:
             raise project_not_found(project_id)  # "not yours" answered as "no such thing"

@@ -44,14 +44,31 @@ def install(app: Any, context: ServerContext) -> None:
     """Add the session and CSRF layers to ``app`` (inside the request guard, which the caller adds last)."""
     secure = context.server_url.startswith("https://")
     app.add_middleware(
-        SessionMiddleware,
-        secret_key=_derived(context.web_secret, "session"),
-        session_cookie=SESSION_COOKIE,
-        max_age=context.settings.web_session_ttl_sec,
-        same_site="lax",
-        https_only=secure,
+        _PagesOnly,
+        session=dict(
+            secret_key=_derived(context.web_secret, "session"),
+            session_cookie=SESSION_COOKIE,
+            max_age=context.settings.web_session_ttl_sec,
+            same_site="lax",
+            https_only=secure,
+        ),
+        csrf=dict(signing_secret=_derived(context.web_secret, "csrf"), cookie_secure=secure),
     )
-    app.add_middleware(_CsrfProtection, signing_secret=_derived(context.web_secret, "csrf"), cookie_secure=secure)
+
+
+class _PagesOnly:
+    """The session and CSRF layers around the pages; API requests (signed by client keys, never by cookies) go
+    straight to the app, which spares every API request two layers that had nothing to do for it."""
+
+    def __init__(self, app: Any, *, session: dict[str, Any], csrf: dict[str, Any]) -> None:
+        self.api = app
+        self.pages = SessionMiddleware(_CsrfProtection(app, **csrf), **session)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            await self.api(scope, receive, send)
+        else:
+            await self.pages(scope, receive, send)
 
 
 class _CsrfProtection:
