@@ -159,8 +159,10 @@ def start_server(
     if settings:
         (data_dir / "settings.yaml").write_text(yaml.safe_dump(settings))
     port = port or free_port()
-    # Usage counts reach the database within this interval (settled_usage waits for it); the default is 1 s.
-    env = clean_env(KACHERY_CLOUD_SERVER_USAGE_FLUSH_INTERVAL_SEC=str(USAGE_FLUSH_INTERVAL_SEC))
+    env = clean_env()
+    if "usage_flush_interval_sec" not in (settings or {}):
+        # Usage counts reach the database within this interval (settled_usage waits for it); the default is 1 s.
+        env["KACHERY_CLOUD_SERVER_USAGE_FLUSH_INTERVAL_SEC"] = str(USAGE_FLUSH_INTERVAL_SEC)
     if database_url:
         env["KACHERY_CLOUD_SERVER_DATABASE_URL"] = database_url
     log_path = data_dir / "test-server.log"
