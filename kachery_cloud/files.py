@@ -13,7 +13,7 @@ from typing import Any
 from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from ._progress import progress_bar
-from .config import load_config
+from .config import ClientConfig, load_config
 from .errors import IntegrityError, InvalidArgumentError, LocalFileError, NotFoundError
 from .fetching import fetch_blob, fetch_blobs, remote_blob, remote_range
 from .local import LocalDirectory
@@ -233,10 +233,10 @@ def _find_local(local: LocalDirectory, sha1: str) -> tuple[Path, bool] | None:
     return (linked, True) if linked is not None else None
 
 
-def _require_path(uri: str, local_only: bool, *, quiet: bool | None = None) -> Path:
+def _require_path(uri: str, local_only: bool, *, quiet: bool | None = None, config: ClientConfig | None = None) -> Path:
     """The local path of the content, downloaded first if needed and allowed. Raises :class:`NotFoundError`."""
     sha1 = parse_uri(uri).sha1
-    config = load_config()
+    config = config or load_config()
     local = local_directory(config)
     found = _find_local(local, sha1)
     if found is not None:

@@ -9,15 +9,14 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from ._connection import require_writable
 from ._context import local_directory
 from ._os_errors import explain_permission_errors
 from .config import ClientConfig, load_config
-from .errors import IntegrityError, SerializationError
-from .files import load_file
+from .errors import IntegrityError, NotFoundError, SerializationError
+from .files import _require_path, load_file
 from .protocol.hashing import sha1_of_bytes
 from .protocol.serialization import canonical_json_bytes, read_npy, read_pickle, write_npy, write_pickle
 from .protocol.uri import check_label, format_uri, parse_uri
@@ -144,11 +143,13 @@ def _upload(config: ClientConfig, uri: str) -> str:
 def _load_bytes_of(uri: str, local_only: bool) -> bytes | None:
     """The content's bytes, read once. In a shared directory they are hashed as well: a file another member
     owns was checked when it was found, but its owner could change it before it is read."""
-    path = load_file(uri, local_only=local_only)
-    if path is None:
+    config = load_config()
+    try:
+        path = _require_path(uri, local_only, config=config)
+    except NotFoundError:
         return None
-    data = Path(path).read_bytes()
-    if load_config().multiuser:
+    data = path.read_bytes()
+    if config.multiuser:
         sha1 = parse_uri(uri).sha1
         if sha1_of_bytes(data) != sha1:
             raise IntegrityError(f"{path} changed while it was being read: it no longer has SHA-1 {sha1}")

@@ -64,7 +64,8 @@ class BlobStore:
 
     def path(self, sha1: str) -> Path:
         """Where the blob with hash ``sha1`` lives (whether or not it exists)."""
-        return self.directory / sha1[0:2] / sha1[2:4] / sha1[4:6] / sha1
+        # One Path made from a string, not four joins: this runs on every cache hit.
+        return Path(f"{self.directory}/{sha1[0:2]}/{sha1[2:4]}/{sha1[4:6]}/{sha1}")
 
     def find(self, sha1: str) -> Path | None:
         """The blob's path if it is stored here (in a shared directory: checked unless it is the reader's own,
