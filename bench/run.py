@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import figures
+from . import figures, server_cost
 from .report import Comparison, print_table, write_outputs
 from .samples import Samples
 from .stack import S3Target, Stack, running_stack
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-endpoint", help="also run on this S3 endpoint")
     parser.add_argument("--s3-bucket", default="kachery-bench", help="bucket at --s3-endpoint (created if missing)")
     parser.add_argument(
-        "--only", default="big,many,small,memory,curve", help="comma-separated parts: big,many,small,memory,curve"
+        "--only",
+        default="big,many,small,server,parallel,memory,curve",
+        help="comma-separated parts: big,many,small,server,parallel,memory,curve",
     )
     args = parser.parse_args(argv)
     sizes = figures.SMOKE if args.smoke else figures.FULL
@@ -123,6 +125,23 @@ def run_stack(
             Comparison("7", "load_json (cache hit)", small["hit"], None, 100),
         ]
         other["hit_base"] = small["hit_base"]
+    if "server" in parts:
+        _progress(stack, f"API server CPU per call, {sizes.cpu_blocks} x {sizes.cpu_calls} calls")
+        cpu = server_cost.cpu_per_call(stack, sizes.cpu_calls, sizes.cpu_blocks)
+        comparisons += [
+            Comparison("9a", "API server CPU per get_mutable", cpu["get_mutable"], None, 2),
+            Comparison("9a", "API server CPU per find (load_file_info)", cpu["find"], None, 2),
+            Comparison("9b", "API server CPU per store_json", cpu["store_json"], None, 4),
+            Comparison("9c", "API server CPU per load_json (cache miss)", cpu["load_json"], None, 3),
+        ]
+    if "parallel" in parts:
+        _progress(stack, f"{server_cost.PROCESSES} processes x {sizes.parallel_ops} operations")
+        par = server_cost.parallel_throughput(stack, sizes.parallel_ops, tmp)
+        # Time per operation of the 8 processes together: at most 2x raw S3's is at least half its throughput.
+        comparisons += [
+            Comparison("10a", "8 processes of store_json, time per operation", par["store_json"], par["put"], 2.0),
+            Comparison("10b", "8 processes of load_json (miss), time per operation", par["load_json"], par["get"], 2.0),
+        ]
     if "memory" in parts:
         _progress(stack, f"peak memory at {sizes.rss_bytes >> 20} MiB")
         memory = figures.peak_memory(stack, sizes, tmp)
