@@ -3,9 +3,10 @@ its share of one kind of operation, and prints when it finished.
 
     python -m bench.parallel_worker MODE START_AT JOBS_FILE
 
-MODE: store_json | load_json (kachery-cloud, client directory from KACHERY_CLOUD_DIR) or put | get (boto3 on the
-bucket of BENCH_S3_ENDPOINT / BENCH_S3_BUCKET, keys in BENCH_S3_ACCESS_KEY_ID / BENCH_S3_SECRET_ACCESS_KEY).
-JOBS_FILE holds a JSON list: objects to store, URIs to load, or object keys to PUT or GET.
+MODE: store_json | load_json | get_mutable (kachery-cloud, client directory from KACHERY_CLOUD_DIR) or put | get
+(boto3 on the bucket of BENCH_S3_ENDPOINT / BENCH_S3_BUCKET, keys in BENCH_S3_ACCESS_KEY_ID /
+BENCH_S3_SECRET_ACCESS_KEY).
+JOBS_FILE holds a JSON list: objects to store, URIs to load, mutable keys to read, or object keys to PUT or GET.
 """
 
 from __future__ import annotations
@@ -35,12 +36,10 @@ def main(argv: list[str]) -> int:
 
 
 def _operation(mode: str) -> Callable[[Any], object]:
-    if mode in ("store_json", "load_json"):
+    if mode in ("store_json", "load_json", "get_mutable"):
         import kachery_cloud as kcl
 
-        if mode == "store_json":
-            return kcl.store_json
-        return kcl.load_json
+        return {"store_json": kcl.store_json, "load_json": kcl.load_json, "get_mutable": kcl.get_mutable}[mode]
     from .stack import boto3_client
 
     s3 = boto3_client(

@@ -2,6 +2,7 @@
 Prints one JSON line: ``{"peak_mib": ..., ...}``. Run by bench/figures.py:
 
     rss_probe.py store FILE | load URI | idle
+    rss_probe.py store-files LIST OUT | load-files LIST   (LIST: paths or URIs, one a line; OUT: the URIs)
     rss_probe.py boto3-upload FILE ENDPOINT BUCKET ACCESS_KEY SECRET_KEY KEY
     rss_probe.py boto3-download TARGET ENDPOINT BUCKET ACCESS_KEY SECRET_KEY KEY
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,21 @@ def main(argv: list[str]) -> dict[str, Any]:
         if path is None:
             raise SystemExit(f"{args[0]} not found")
         return {"path": path, "peak_mib": peak_mib()}
+    if command == "store-files":  # timed here, so that the import and start of Python are not counted
+        paths = Path(args[0]).read_text().splitlines()
+        started = time.perf_counter()
+        uris = kcl.store_files(paths)
+        seconds = time.perf_counter() - started
+        Path(args[1]).write_text("\n".join(uris) + "\n")
+        return {"seconds": seconds, "peak_mib": peak_mib()}
+    if command == "load-files":
+        uris = Path(args[0]).read_text().splitlines()
+        started = time.perf_counter()
+        loaded = kcl.load_files(uris)
+        seconds = time.perf_counter() - started
+        if None in loaded or len(loaded) != len(uris):
+            raise SystemExit("load_files did not bring back every file")
+        return {"seconds": seconds, "peak_mib": peak_mib()}
     if command == "idle":
         return {"peak_mib": peak_mib()}
     raise SystemExit(f"unknown command {command}")

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import figures, server_cost
+from . import figures, scaling, server_cost
 from .report import Comparison, print_table, write_outputs
 from .samples import Samples
 from .stack import S3Target, Stack, running_stack
@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-bucket", default="kachery-bench", help="bucket at --s3-endpoint (created if missing)")
     parser.add_argument(
         "--only",
-        default="big,many,small,server,parallel,memory,curve",
-        help="comma-separated parts: big,many,small,server,parallel,memory,curve",
+        default="big,many,small,server,parallel,scaling,memory,curve,replicas",
+        help="comma-separated parts: big,many,small,server,parallel,scaling,memory,curve (on each stack) and "
+        "replicas (1-3 replicas on PostgreSQL and SeaweedFS behind haproxy, once)",
     )
     args = parser.parse_args(argv)
     sizes = figures.SMOKE if args.smoke else figures.FULL
@@ -75,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             extra[stack.name] = other
             notes[stack.name] = stack_notes
             print_table(stack.name, comparisons)
+        if "replicas" in parts:
+            name = "replicas: PostgreSQL + SeaweedFS + haproxy"
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: 1, 2, 3 replicas, then 2 pinned", file=sys.stderr, flush=True)
+            all_comparisons[name], extra[name] = run_replicas(sizes, Path(tmp_name) / "replicas")
+            notes[name] = [
+                f"{server_cost.PROCESSES} client processes, each its own client; {sizes.replica_ops} operations each "
+                "per run. CPU: all API processes together, per request answered (haproxy's count). Pinned: every "
+                "thread of both API processes on the cores given; clients, haproxy, PostgreSQL and SeaweedFS unpinned."
+            ]
+            print_table(name, all_comparisons[name])
     write_outputs(out_dir, command, all_comparisons, curves, extra, notes)
     print(f"\nwritten: {out_dir / 'summary.md'}, summary.json" + (", throughput.png" if curves else ""))
     return 0
@@ -118,11 +129,11 @@ def run_stack(
         _progress(stack, f"small objects x {sizes.json_samples}")
         small = figures.small_objects(stack, sizes)
         comparisons += [
-            Comparison("6a", "store_json, p50", small["store_json"], small["put"], 2.5),
+            Comparison("6a", "store_json, p50", small["store_json"], small["put"], 2.0),
             Comparison("6a", "store_json, p95", small["store_json"], small["put"], 2.5, "p95"),
-            Comparison("6b", "load_json (cache miss), p50", small["load_json"], small["get"], 2.5),
+            Comparison("6b", "load_json (cache miss), p50", small["load_json"], small["get"], 2.0),
             Comparison("6b", "load_json (cache miss), p95", small["load_json"], small["get"], 2.5, "p95"),
-            Comparison("7", "load_json (cache hit)", small["hit"], None, 100),
+            Comparison("7", "load_json (cache hit)", small["hit"], None, 30),
         ]
         other["hit_base"] = small["hit_base"]
     if "server" in parts:
@@ -142,17 +153,47 @@ def run_stack(
             Comparison("10a", "8 processes of store_json, time per operation", par["store_json"], par["put"], 2.0),
             Comparison("10b", "8 processes of load_json (miss), time per operation", par["load_json"], par["get"], 2.0),
         ]
+    if "scaling" in parts:
+        counts = sizes.scaling_counts
+        _progress(stack, f"many-files scaling: {', '.join(str(n) for n in counts)} files")
+        scale = scaling.many_files_scaling(stack, counts, tmp)
+        first, last = counts[0], counts[-1]
+        for n in counts[1:]:
+            for kind in ("store", "load"):
+                what = f"{kind}_files, time per file at {n} files vs {first}"
+                comparisons.append(Comparison("11a", what, scale[f"{kind}-{n}"], scale[f"{kind}-{first}"], 1.3))
+        comparisons += [
+            Comparison("11b", f"peak RSS, store_files of {last}", scale[f"rss-store-{last}"], None, 200),
+            Comparison("11b", f"peak RSS, load_files of {last}", scale[f"rss-load-{last}"], None, 200),
+        ]
+        other.update({k: v for k, v in scale.items() if k.startswith("rss-") and not k.endswith(f"-{last}")})
     if "memory" in parts:
         _progress(stack, f"peak memory at {sizes.rss_bytes >> 20} MiB")
         memory = figures.peak_memory(stack, sizes, tmp)
         comparisons += [
-            Comparison("8", "peak RSS, store", memory["store"], None, 150),
-            Comparison("8", "peak RSS, load", memory["load"], None, 150),
+            Comparison("8", "peak RSS, store", memory["store"], None, 100),
+            Comparison("8", "peak RSS, load", memory["load"], None, 100),
         ]
         other.update({f"rss_{k}": memory[k] for k in ("store_base", "load_base", "idle")})
     if "curve" in parts:
         curve = figures.throughput_curve(stack, sizes, tmp, big, lambda text: _progress(stack, text))
     return comparisons, curve, other, notes
+
+
+def run_replicas(sizes: figures.Sizes, work: Path) -> tuple[list[Comparison], dict[str, Samples]]:
+    from .replicas import MODES, replica_scaling
+
+    r = replica_scaling(work, sizes.replica_ops, sizes.replica_repeats)
+    comparisons: list[Comparison] = []
+    for mode in MODES:
+        for n in (2, 3):  # flat: each replica costs what one alone does per request
+            what = f"API CPU per request of {mode}, {n} replicas vs 1"
+            comparisons.append(Comparison("12a", what, r[f"cpu-{mode}-{n}"], r[f"cpu-{mode}-1"], 1.2))
+        if f"pinned-{mode}-2" in r:  # grows with the cores: 2 cores give at least 1.25x the requests per second
+            what = f"{mode}, time per operation, 2 replicas on 2 cores vs on 1"
+            comparisons.append(Comparison("12b", what, r[f"pinned-{mode}-2"], r[f"pinned-{mode}-1"], 0.8))
+    other = {k: v for k, v in r.items() if not k.startswith("cpu-") and not k.startswith("pinned-")}
+    return comparisons, other
 
 
 def _progress(stack: Stack, text: str) -> None:

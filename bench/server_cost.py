@@ -106,18 +106,23 @@ def parallel_throughput(stack: Stack, per_process: int, tmp: Path) -> dict[str, 
 def _run_parallel(stack: Stack, mode: str, jobs: list[list[Any]], clients: list[Path], work: Path) -> float:
     """Milliseconds per operation of the processes together, from the common start to the last one's end."""
     credentials = stack.s3._request_signer._credentials.get_frozen_credentials()
-    start_at = time.time() + 3.0 + 0.3 * PROCESSES  # after every process has imported and warmed up
+    s3_env = {
+        "BENCH_S3_ENDPOINT": stack.endpoint_url,
+        "BENCH_S3_BUCKET": stack.bucket,
+        "BENCH_S3_ACCESS_KEY_ID": credentials.access_key,
+        "BENCH_S3_SECRET_ACCESS_KEY": credentials.secret_key,
+    }
+    return run_processes(mode, jobs, [{**stack.client_env(c), **s3_env} for c in clients], work)
+
+
+def run_processes(mode: str, jobs: list[list[Any]], envs: list[dict[str, str]], work: Path) -> float:
+    """Milliseconds per operation of ``bench.parallel_worker`` processes (one per share of ``jobs``, each with its
+    environment) together, from their common start to the last one's end."""
+    start_at = time.time() + 3.0 + 0.3 * len(jobs)  # after every process has imported and warmed up
     processes = []
-    for p, (share, client) in enumerate(zip(jobs, clients, strict=True)):
+    for p, (share, env) in enumerate(zip(jobs, envs, strict=True)):
         jobs_file = work / f"{mode}-{p}.json"
         jobs_file.write_text(json.dumps(share))
-        env = {
-            **stack.client_env(client),
-            "BENCH_S3_ENDPOINT": stack.endpoint_url,
-            "BENCH_S3_BUCKET": stack.bucket,
-            "BENCH_S3_ACCESS_KEY_ID": credentials.access_key,
-            "BENCH_S3_SECRET_ACCESS_KEY": credentials.secret_key,
-        }
         processes.append(
             subprocess.Popen(
                 [sys.executable, "-m", "bench.parallel_worker", mode, str(start_at), str(jobs_file)],

@@ -17,6 +17,14 @@ from tests.servers import RunningServer, SeaweedFS, start_server
 
 _IDENTITY_FILES = ("config.yaml", "private.pem", "public.pem")
 
+# The server as deployed, except that no rate limit applies: the bench's client processes share one identity
+# and one address, which a lab's many clients do not (each has its own limit), and it measures the server.
+SERVER_SETTINGS: dict[str, Any] = {
+    "usage_flush_interval_sec": 1.0,  # the default (the tests' servers write usage more often)
+    "rate_limit_per_client": None,
+    "rate_limit_per_address": None,
+}
+
 
 @dataclass
 class S3Target:
@@ -84,13 +92,13 @@ def running_stack(work: Path, target: S3Target | None = None, *, seaweedfs: bool
 
     work.mkdir(parents=True)
     weed: SeaweedFS | None = None
-    settings: dict[str, Any] | None = None
+    settings: dict[str, Any] = dict(SERVER_SETTINGS)
     name = "embedded nanio + SQLite"
     if seaweedfs:
         weed = SeaweedFS(work / "weed")
         target = S3Target("SeaweedFS", weed.endpoint, "kachery-bench", weed.ACCESS_KEY, weed.SECRET_KEY)
     if target is not None:
-        settings = {"s3": target.settings()}
+        settings["s3"] = target.settings()
         name = f"{target.name} + SQLite"
     server = None
     try:
