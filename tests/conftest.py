@@ -127,6 +127,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """Workers for ``-n auto`` (pyproject's addopts): one per core, at most 4. None under --soak, whose checks time
+    kills and load on a machine that nothing else loads, or when the reliability report is written (each worker
+    would write its own)."""
+    if config.getoption("soak") or config.getoption("reliability_report"):
+        return 0
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 SOAK_TIMEOUT_SECONDS = 3600  # a soak check runs for many minutes (200 kills, a 10-minute load); 300 s is for the rest
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from importlib.metadata import distribution
 from pathlib import Path
 
+from filelock import FileLock
+
 import kachery_cloud
 
 GROUP = "kctestlab"
@@ -37,7 +39,13 @@ class LabUser:
 
 
 def ensure_lab_users() -> list[LabUser]:
-    """Create the lab group and two users with private primary groups (idempotent)."""
+    """Create the lab group and two users with private primary groups (idempotent; test workers running at once
+    take turns, or both would add the same user)."""
+    with FileLock("/run/lock/kachery-cloud-test-users.lock"):
+        return _ensure_lab_users()
+
+
+def _ensure_lab_users() -> list[LabUser]:
     try:
         grp.getgrnam(GROUP)
     except KeyError:

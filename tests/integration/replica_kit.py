@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +76,10 @@ class HAProxy:
         directory.mkdir(parents=True, exist_ok=True)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.socket_path = directory / "haproxy.sock"
+        # A Unix socket path may be at most ~100 bytes, which a test's temporary directory (under a worker's) can
+        # pass: the socket lives in a short directory of its own.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="kc-haproxy-"))
+        self.socket_path = self._socket_dir / "stats.sock"
         self.log_path = directory / "haproxy.log"
         servers = "\n".join(
             f"    server {name} 127.0.0.1:{backend_port} check inter 500ms fall 2 rise 2"
@@ -85,12 +89,14 @@ class HAProxy:
         config.write_text(HAPROXY_CONFIG.format(socket=self.socket_path, port=port, servers=servers))
         check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
         if check.returncode != 0:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
             raise AssertionError(f"haproxy refuses its configuration:\n{check.stdout}{check.stderr}")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=log)
         deadline = time.monotonic() + 30
         while not self._answers():
             if self.process.poll() is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
                 raise AssertionError(f"haproxy exited with {self.process.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
                 self.stop()
@@ -147,6 +153,7 @@ class HAProxy:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
 @dataclass
