@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -101,9 +102,12 @@ def io_counters() -> tuple[int, int]:
 
 
 def big_file(stack: Stack, sizes: Sizes, tmp: Path) -> dict[str, Samples]:
-    """Store (cold) and load (empty cache) of one big file, next to sha1 + boto3 upload_file and boto3
-    download_file; then the second store of the unchanged file."""
+    """Store (cold) and load (empty cache) of one big file, next to sha1 + boto3 upload_file, ``s5cmd cp`` (a
+    parallel Go client that hashes nothing) and boto3 download_file; then the second store of the unchanged
+    file."""
     import kachery_cloud as kcl
+
+    s5cmd = s5cmd_binary()
 
     mib = sizes.big_bytes / MIB
     out = {
@@ -125,6 +129,12 @@ def big_file(stack: Stack, sizes: Sizes, tmp: Path) -> dict[str, Samples]:
             stack.s3.upload_file(str(source), stack.bucket, key)
 
         out["store_base"].values.append(timed(base_store))
+        if s5cmd is not None:
+            s5cmd_key = f"{key}-s5cmd"
+            out.setdefault("store_s5cmd", Samples("s5cmd cp", "s")).values.append(
+                timed(lambda: _s5cmd_put(stack, s5cmd, source, s5cmd_key))
+            )
+            stack.s3.delete_object(Bucket=stack.bucket, Key=s5cmd_key)
         out["load_base"].values.append(timed(lambda key=key: stack.s3.download_file(stack.bucket, key, str(target))))
         target.unlink()
         stack.s3.delete_object(Bucket=stack.bucket, Key=key)
@@ -142,7 +152,7 @@ def big_file(stack: Stack, sizes: Sizes, tmp: Path) -> dict[str, Samples]:
         for directory in (writer, reader):
             stack.drop_client(directory)
     out["restore"].notes["max_bytes_read_by_syscalls"] = max(read_during_restore)
-    for name in ("store", "store_base", "load", "load_base"):
+    for name in [n for n in ("store", "store_base", "store_s5cmd", "load", "load_base") if n in out]:
         out[name].notes["MiB/s"] = round(mib / out[name].median, 1)
     source.unlink()
     return out
@@ -207,6 +217,25 @@ def _get_loop(stack: Stack, files: list[Path], prefix: str, target: Path) -> Non
     for path in files:
         body = stack.s3.get_object(Bucket=stack.bucket, Key=f"{prefix}/{path.name}")["Body"].read()
         (target / path.name).write_bytes(body)
+
+
+def s5cmd_binary() -> str | None:
+    """The s5cmd of this environment (the bench extra installs it on Linux x86_64), else one on PATH."""
+    return shutil.which("s5cmd", path=str(Path(sys.executable).parent)) or shutil.which("s5cmd")
+
+
+def _s5cmd_put(stack: Stack, s5cmd: str, source: Path, key: str) -> None:
+    access_key, secret_key = _credentials(stack)
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret_key,
+        "AWS_REGION": "us-east-1",
+    }
+    command = [s5cmd, "--endpoint-url", stack.endpoint_url, "cp", str(source), f"s3://{stack.bucket}/{key}"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise AssertionError(f"s5cmd cp failed: {done.stderr[-2000:]}")
 
 
 def _credentials(stack: Stack) -> tuple[str, str]:
