@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # requests loads on the first download, not with `import kach
     from .transfer.download import UrlSource
 
 MAX_PARALLEL_DOWNLOADS = 8
+FETCH_CHUNK = 5000  # blobs asked for and downloaded at a time by load_files
 
 
 def fetch_blob(config: ClientConfig, local: LocalDirectory, sha1: str, *, quiet: bool | None = None) -> Path:
@@ -47,9 +48,23 @@ def fetch_blobs(
     fetched it meanwhile."""
     missing = list(dict.fromkeys(missing))
     paths: dict[str, Path] = {}
+    # What the server answers (a URL per blob) is held only for one chunk at a time, so that loading any
+    # number of files takes bounded memory.
+    chunks = [missing[i : i + FETCH_CHUNK] for i in range(0, len(missing), FETCH_CHUNK)]
+    for number, chunk in enumerate(chunks, 1):
+        part = f" (part {number} of {len(chunks)})" if len(chunks) > 1 else ""
+        paths.update(_fetch_chunk(config, local, chunk, part, quiet))
+    return paths
+
+
+def _fetch_chunk(
+    config: ClientConfig, local: LocalDirectory, missing: list[str], part: str, quiet: bool | None
+) -> dict[str, Path]:
+    paths: dict[str, Path] = {}
     with _explain_unreachable(config, missing):
         found, _registered = blobs_api.find(api_client(config), missing, config.project)
     blobs = [found[sha1] for sha1 in missing if sha1 in found]
+    del found
     total = sum(blob.size for blob in blobs)
     # Blobs of one pack come in one ranged GET; the others one GET each.
     packs: dict[str, list[FoundBlob]] = {}
@@ -58,7 +73,8 @@ def fetch_blobs(
             packs.setdefault(blob.url, []).append(blob)
     jobs: list[list[FoundBlob]] = [group for group in packs.values() if len(group) > 1]
     jobs += [[blob] for blob in blobs if blob.offset is None or len(packs[blob.url]) == 1]
-    with progress_bar(total, f"loading {len(blobs)} files", quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
+    description = f"loading {len(blobs)} files{part}"
+    with progress_bar(total, description, quiet=quiet, min_bytes=TRANSFER_PROGRESS_MIN_BYTES) as bar:
 
         def fetch(job: list[FoundBlob]) -> list[tuple[str, Path]]:
             if len(job) > 1:

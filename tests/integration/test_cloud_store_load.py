@@ -345,6 +345,27 @@ def test_small_blobs_travel_inside_one_request_and_are_verified_by_the_server(
         kcl.store_text("y" * 60_000)
 
 
+def test_load_files_asks_for_and_fetches_a_chunk_at_a_time(
+    cloud_client: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading many files holds the server's answers for one chunk at a time (bounded memory at any count)."""
+    files = [random_file(tmp_path / f"chunk-{i}.bin", 100 + i) for i in range(25)]
+    uris = kcl.store_files(files)
+    switch_client(monkeypatch, tmp_path / "reader")
+    monkeypatch.setattr(fetching, "FETCH_CHUNK", 10)
+    asked: list[int] = []
+    real_find = blobs_api.find
+
+    def counting_find(api: Any, sha1s: list[str], project: str | None) -> Any:
+        asked.append(len(sha1s))
+        return real_find(api, sha1s, project)
+
+    monkeypatch.setattr(blobs_api, "find", counting_find)
+    loaded = kcl.load_files([*uris, uris[0]])  # a URI asked for twice is fetched once
+    assert [Path(p or "").read_bytes() for p in loaded] == [f.read_bytes() for f in [*files, files[0]]]
+    assert asked == [10, 10, 5]
+
+
 def test_a_tampered_pack_is_refused_blob_by_blob(
     cloud_client: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
