@@ -46,10 +46,11 @@ class Sizes:
     scaling_counts: tuple[int, ...] = (1000, 10_000, 100_000)  # files of the many-files scaling
     replica_ops: int = 150  # operations of each of the 8 processes per replica run
     replica_repeats: int = 2
+    huge_bytes: int = 6 * GIB  # one object over S3's 5 GiB single-PUT limit, on SeaweedFS (0: not measured)
 
 
 FULL = Sizes(GIB, 3, 5000, 4 * KIB, 3, 200, 20000, 2 * GIB, (KIB, 16 * KIB, 256 * KIB, 4 * MIB, 64 * MIB, GIB), 3)
-SMOKE = Sizes(8 * MIB, 1, 50, 4 * KIB, 1, 20, 1000, 16 * MIB, (KIB, 64 * KIB, MIB), 1, 20, 2, 10, (100, 300), 10, 1)
+SMOKE = Sizes(8 * MIB, 1, 50, 4 * KIB, 1, 20, 1000, 16 * MIB, (KIB, 64 * KIB, MIB), 1, 20, 2, 10, (100, 300), 10, 1, 0)
 
 
 # ---------------------------------------------------------------------------------------------- files

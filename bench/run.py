@@ -13,6 +13,7 @@ one); see bench/results/summary.md for the last full run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -39,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-bucket", default="kachery-bench", help="bucket at --s3-endpoint (created if missing)")
     parser.add_argument(
         "--only",
-        default="big,many,small,server,parallel,scaling,memory,curve,replicas",
-        help="comma-separated parts: big,many,small,server,parallel,scaling,memory,curve (on each stack) and "
-        "replicas (1-3 replicas on PostgreSQL and SeaweedFS behind haproxy, once)",
+        default="big,many,small,server,parallel,scaling,memory,curve,replicas,huge",
+        help="comma-separated parts: big,many,small,server,parallel,scaling,memory,curve (on each stack), "
+        "replicas (1-3 replicas on PostgreSQL and SeaweedFS behind haproxy, once) and huge (a 6 GiB file on "
+        "SeaweedFS, once; not in a smoke run)",
     )
     args = parser.parse_args(argv)
     sizes = figures.SMOKE if args.smoke else figures.FULL
@@ -85,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                 "per run. CPU: all API processes together, per request answered (haproxy's count). Pinned: every "
                 "thread of both API processes on the cores given; clients, haproxy, PostgreSQL and SeaweedFS unpinned."
             ]
+            print_table(name, all_comparisons[name])
+        if "huge" in parts and sizes.huge_bytes:
+            name = "SeaweedFS + SQLite: one object over 5 GiB"
+            gib = sizes.huge_bytes / figures.GIB
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {gib:g} GiB", file=sys.stderr, flush=True)
+            all_comparisons[name], notes[name] = run_huge(sizes, Path(tmp_name) / "huge")
             print_table(name, all_comparisons[name])
     write_outputs(out_dir, command, all_comparisons, curves, extra, notes)
     print(f"\nwritten: {out_dir / 'summary.md'}, summary.json" + (", throughput.png" if curves else ""))
@@ -187,6 +195,23 @@ def run_stack(
     if "curve" in parts:
         curve = figures.throughput_curve(stack, sizes, tmp, big, lambda text: _progress(stack, text))
     return comparisons, curve, other, notes
+
+
+def run_huge(sizes: figures.Sizes, work: Path) -> tuple[list[Comparison], list[str]]:
+    """Figures 1 and 2 for one object over S3's 5 GiB single-PUT limit, on a SeaweedFS started here (nanio
+    refuses s5cmd's ranged downloads, SeaweedFS takes both)."""
+    huge = dataclasses.replace(sizes, big_bytes=sizes.huge_bytes, big_repeats=1)
+    files = work / "files"
+    files.mkdir(parents=True)
+    with running_stack(work / "stack", seaweedfs=True) as stack:
+        big = figures.big_file(stack, huge, files)
+    what = f"{sizes.huge_bytes / figures.GIB:g} GiB"
+    comparisons = [Comparison("13", f"store {what} (cold)", big["store"], big["store_base"], 1.10)]
+    if "store_s5cmd" in big:
+        comparisons.append(Comparison("13", f"store {what} (cold)", big["store"], big["store_s5cmd"], 1.30))
+    comparisons.append(Comparison("13", f"load {what} into an empty cache", big["load"], big["load_base"], 1.00))
+    rates = ", ".join(f"{s.label} {s.notes['MiB/s']} MiB/s" for s in big.values() if "MiB/s" in s.notes)
+    return comparisons, [f"Figure 13: one repetition; {rates}; the load verified the SHA-1 of all of it."]
 
 
 def run_replicas(sizes: figures.Sizes, work: Path) -> tuple[list[Comparison], dict[str, Samples]]:
