@@ -105,9 +105,8 @@ def replica_scaling(work: Path, per_process: int, repeats: int) -> dict[str, Any
                     for _ in range(repeats):
                         ms, cpu = _load(replicas, envs, mode, per_process, work)
                         sample(f"{mode}-{count}", f"{mode}, {count} replica(s)", "ms").values.append(ms)
-                        sample(f"cpu-{mode}-{count}", f"API CPU per request, {count} replica(s)", "ms").values.append(
-                            cpu
-                        )
+                        label = f"API CPU per request, {count} replica(s)"
+                        sample(f"cpu-{mode}-{count}", label, "ms").values.append(cpu)
                 if count == 2 and len(cores) >= 2:
                     for given in (1, 2):
                         _pin(replicas, set(cores[:given]))

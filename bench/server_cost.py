@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .figures import _credentials
 from .samples import Samples
 from .stack import Stack
 
@@ -105,12 +106,12 @@ def parallel_throughput(stack: Stack, per_process: int, tmp: Path) -> dict[str, 
 
 def _run_parallel(stack: Stack, mode: str, jobs: list[list[Any]], clients: list[Path], work: Path) -> float:
     """Milliseconds per operation of the processes together, from the common start to the last one's end."""
-    credentials = stack.s3._request_signer._credentials.get_frozen_credentials()
+    access_key, secret_key = _credentials(stack)
     s3_env = {
         "BENCH_S3_ENDPOINT": stack.endpoint_url,
         "BENCH_S3_BUCKET": stack.bucket,
-        "BENCH_S3_ACCESS_KEY_ID": credentials.access_key,
-        "BENCH_S3_SECRET_ACCESS_KEY": credentials.secret_key,
+        "BENCH_S3_ACCESS_KEY_ID": access_key,
+        "BENCH_S3_SECRET_ACCESS_KEY": secret_key,
     }
     return run_processes(mode, jobs, [{**stack.client_env(c), **s3_env} for c in clients], work)
 
