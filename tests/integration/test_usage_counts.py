@@ -3,6 +3,7 @@ request writes a counter row itself, every request is counted once, and a gracef
 
 from __future__ import annotations
 
+import signal
 import threading
 from pathlib import Path
 
@@ -62,3 +63,21 @@ def test_counts_wait_in_memory_and_a_graceful_stop_writes_them(tmp_path: Path, m
     assert requests_counted(written) == 6  # the store and the five reads
     assert sum(day["bytes_in"] for day in written["days"]) == len(b'{"counted":"later"}')
     assert uri.startswith("sha1://")
+
+
+def test_counts_older_than_one_interval_survive_a_kill_9(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """doc/server.md: a server killed with kill -9 loses at most its last interval's counts."""
+    import kachery_cloud as kcl
+
+    server = start_server(tmp_path / "server")  # the tests' short interval (tests/servers.py)
+    try:
+        point_client_at(server, monkeypatch)
+        kcl.init(quiet=True)
+        for _ in range(7):
+            assert kcl.get_mutable("@usage/none") is None
+        counted = requests_counted(server.settled_usage())  # init's requests too
+        assert counted >= 7
+    finally:
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait(timeout=30)
+    assert requests_counted(server.settled_usage()) == counted
